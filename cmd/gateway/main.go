@@ -1,0 +1,25 @@
+// Command gateway is the budget real-time gateway: it pushes committed
+// changes of tracked PostgreSQL tables to browsers over WebSocket and SSE.
+//
+//	gateway [serve]             run the gateway (the default)
+//	gateway migrate             install or upgrade the SQL and track GATEWAY_TRACK
+//	gateway migrate --uninstall remove every object migrate created
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}

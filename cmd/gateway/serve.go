@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/budget-rt/gateway/config"
+	"github.com/budget-rt/gateway/gateway"
+	"github.com/budget-rt/gateway/notify"
+)
+
+// serve runs the gateway until ctx ends. It listens on cfg.Addr unless ln is
+// given (tests pass their own listener to learn the port).
+func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.Listener) error {
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+	}
+	defer ln.Close()
+
+	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = "rtgw-read"
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return fmt.Errorf("open database pool: %w", err)
+	}
+	defer pool.Close()
+
+	store := &notify.Store{Pool: pool, MaxRowBytes: cfg.MaxRowBytes}
+	follower := &notify.Follower{
+		Store:        store,
+		Logger:       logger,
+		PollInterval: cfg.PollInterval,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			cc := poolCfg.ConnConfig.Copy()
+			cc.RuntimeParams["application_name"] = "rtgw-listen"
+			return pgx.ConnectConfig(ctx, cc)
+		},
+	}
+	srv := gateway.New(logger, store, func() error {
+		if st := follower.Status(); !st.Ready() {
+			return st.Err
+		}
+		return nil
+	}, gateway.Options{
+		Window:       cfg.ReplayEvents,
+		SendQueue:    cfg.SendQueue,
+		WriteTimeout: cfg.WriteTimeout,
+		Heartbeat:    cfg.Heartbeat,
+	})
+	follower.Publish = srv.Hub().Publish
+
+	httpSrv := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		// No WriteTimeout: streams live for hours; each write has its own deadline.
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		head, err := load(gctx, logger, store, srv.Hub(), cfg.ReplayEvents)
+		if err != nil {
+			return nil // ctx ended while the database was unreachable
+		}
+		follower.From = head
+		return follower.Run(gctx)
+	})
+	g.Go(func() error {
+		logger.Info("serving", "addr", ln.Addr().String())
+		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		logger.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown)
+		defer cancel()
+		srv.Close(sctx)
+		if err := httpSrv.Shutdown(sctx); err != nil {
+			httpSrv.Close()
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// load fills the replay window from the event log, retrying with backoff
+// while the database is unreachable; clients are refused (503) until then.
+func load(ctx context.Context, logger *slog.Logger, store *notify.Store, hub *gateway.Hub, window int) (notify.Position, error) {
+	delay := 100 * time.Millisecond
+	for {
+		evs, head, err := store.Latest(ctx, window)
+		if err == nil {
+			hub.Load(evs, head, len(evs) < window)
+			logger.Info("replay window loaded", "events", len(evs), "head", head.String())
+			return head, nil
+		}
+		logger.Warn("load replay window", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return notify.Position{}, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}

@@ -1,0 +1,310 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/budget-rt/gateway/notify"
+)
+
+// Log is the durable event log the hub replays from when a client resumes
+// from a position older than its memory holds. notify.Store implements it.
+type Log interface {
+	// Replay calls fn with the events in (after, upTo], in order; it fails
+	// with notify.ErrExpired or notify.ErrUnknown when after is not an event
+	// still in the log. With upTo <= after it only checks after.
+	Replay(ctx context.Context, after, upTo notify.Position, fn func([]notify.Event) error) error
+}
+
+// Close codes and reasons the gateway sends. 4000-4999 is the private range;
+// 4001 is avoided on purpose: the app's client treats it as "stop for good".
+const (
+	CloseGoingAway = 1001 // shutdown: reconnect elsewhere with the last id
+	CloseSlow      = 4008 // the send queue overflowed: reconnect with the last id
+)
+
+// Reasons a resume ends in a reset frame instead of a replay.
+const (
+	ResetExpired = "expired" // the id is older than the event log keeps
+	ResetUnknown = "unknown" // the id was never issued by this event log
+	ResetInvalid = "invalid" // the id is not in the form the gateway issues
+)
+
+var (
+	errNotReady = errors.New("gateway is starting: event log not loaded yet")
+	errClosing  = errors.New("gateway is shutting down")
+)
+
+// sink is one connection's way out. send never blocks: it queues the entry
+// or reports that the queue is full. close disconnects the client; it runs
+// on its own goroutine, never under the hub's lock.
+type sink interface {
+	send(e *entry) bool
+	close(code int, reason string)
+}
+
+// emitter writes a client's replay synchronously, before its live queue
+// drains, so the replay can be any length and never interleaves with live
+// events.
+type emitter interface {
+	event(e *entry) error
+	reset(reason string, head notify.Position) error
+}
+
+// client is one subscriber of any transport.
+type client struct {
+	sink  sink
+	types map[string]bool // nil: every type
+	after notify.Position // guarded by Hub.mu: events at or before it are not sent live
+	gone  atomic.Bool     // kicked or detached: send nothing more
+}
+
+func (c *client) wants(e *entry) bool { return c.types == nil || c.types[e.Type] }
+
+// Hub fans events out to clients and keeps the replay window.
+type Hub struct {
+	log  *slog.Logger
+	logs Log
+
+	mu      sync.Mutex
+	loaded  bool
+	closing bool
+	ring    ring
+	floor   notify.Position // the ring holds every event after floor
+	head    notify.Position
+	clients map[*client]struct{}
+	kicks   sync.WaitGroup
+}
+
+// NewHub returns a hub keeping window events in memory.
+func NewHub(logger *slog.Logger, logs Log, window int) *Hub {
+	return &Hub{log: logger, logs: logs, ring: newRing(window), clients: map[*client]struct{}{}}
+}
+
+// Load sets the replay window from the newest events of the log (oldest
+// first) and the log's head, before any client is served. complete says the
+// events are the whole log, so the window starts at its beginning.
+func (h *Hub) Load(evs []notify.Event, head notify.Position, complete bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ev := range evs {
+		h.ring.push(newEntry(ev))
+	}
+	h.head = head
+	if !complete && len(evs) > 0 {
+		// Positions are not dense: "just before the first" is enough, as every
+		// event after it is in the window.
+		h.floor = notify.Position{Seq: evs[0].Pos.Seq, ID: evs[0].Pos.ID - 1}
+	}
+	h.loaded = true
+}
+
+// Head returns the position of the newest event published, the starting
+// point of a client that connects now without an id.
+func (h *Hub) Head() (notify.Position, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case h.closing:
+		return notify.Position{}, errClosing
+	case !h.loaded:
+		return notify.Position{}, errNotReady
+	}
+	return h.head, nil
+}
+
+// Publish appends events (in commit order, from one goroutine) to the window
+// and offers each to every client that wants it. A client whose queue is
+// full is disconnected as slow, never skipped: it resumes from its last id.
+func (h *Hub) Publish(evs []notify.Event) {
+	var slow []*client
+	h.mu.Lock()
+	for _, ev := range evs {
+		if ev.Pos.Compare(h.head) <= 0 {
+			continue // already published; the follower's cursor makes this rare
+		}
+		e := newEntry(ev)
+		if old := h.ring.push(e); old != nil {
+			h.floor = old.Pos
+		}
+		h.head = ev.Pos
+		for c := range h.clients {
+			if ev.Pos.Compare(c.after) <= 0 || !c.wants(e) {
+				continue
+			}
+			if !c.sink.send(e) {
+				c.gone.Store(true)
+				delete(h.clients, c)
+				slow = append(slow, c)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range slow {
+		h.log.Info("disconnecting slow client", "code", CloseSlow)
+		h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+	}
+}
+
+func (h *Hub) kick(c *client, code int, reason string) {
+	h.kicks.Add(1)
+	go func() {
+		defer h.kicks.Done()
+		c.sink.close(code, reason)
+	}()
+}
+
+// Attach subscribes c and writes its replay through out. A client resuming
+// from last gets exactly the events after it, then live ones; one without
+// last gets every event after from, the head when its request arrived (so
+// nothing committed after its handshake is missed). An id that cannot be
+// resumed from gets a reset frame, then live events.
+func (h *Hub) Attach(ctx context.Context, c *client, last string, from notify.Position, out emitter) error {
+	trusted := last == ""
+	reason := ""
+	if !trusted {
+		p, err := notify.ParsePosition(last)
+		if err != nil {
+			reason = ResetInvalid
+		}
+		from = p
+	}
+	checked := false
+	for {
+		h.mu.Lock()
+		if h.closing {
+			h.mu.Unlock()
+			return errClosing
+		}
+		if !h.loaded {
+			h.mu.Unlock()
+			return errNotReady
+		}
+		head := h.head
+		var (
+			replay []*entry
+			fromDB bool
+		)
+		c.after = head
+		switch {
+		case reason != "":
+		case from == head:
+		case from.Compare(head) > 0:
+			// The client saw more than this replica has published (it came
+			// from a replica further ahead). Once the id is known to be real,
+			// skip live events up to it.
+			if !checked {
+				h.mu.Unlock()
+				reason = h.check(ctx, from)
+				checked = true
+				continue
+			}
+			c.after = from
+		case trusted && from.Compare(h.floor) >= 0:
+			replay = h.ring.slice(h.ring.after(from))
+		case !trusted && h.ring.len() > 0 && from.Compare(h.ring.at(0).Pos) >= 0:
+			if i, ok := h.ring.find(from); ok {
+				replay = h.ring.slice(i + 1)
+			} else {
+				reason = ResetUnknown
+			}
+		default:
+			fromDB = true
+		}
+		h.clients[c] = struct{}{}
+		h.mu.Unlock()
+
+		if fromDB {
+			err := h.logs.Replay(ctx, from, head, func(evs []notify.Event) error {
+				for _, ev := range evs {
+					if e := newEntry(ev); c.wants(e) {
+						if err := out.event(e); err != nil {
+							return err
+						}
+					}
+				}
+				return nil
+			})
+			switch {
+			case errors.Is(err, notify.ErrExpired):
+				reason = ResetExpired
+			case errors.Is(err, notify.ErrUnknown):
+				reason = ResetUnknown
+			case err != nil:
+				h.Detach(c)
+				return err
+			}
+		}
+		if reason != "" {
+			if err := out.reset(reason, head); err != nil {
+				h.Detach(c)
+				return err
+			}
+			return nil
+		}
+		for _, e := range replay {
+			if c.wants(e) {
+				if err := out.event(e); err != nil {
+					h.Detach(c)
+					return err
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// check asks the log whether p is an event it holds, and returns the reset
+// reason when it is not.
+func (h *Hub) check(ctx context.Context, p notify.Position) string {
+	err := h.logs.Replay(ctx, p, notify.Position{}, nil)
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, notify.ErrExpired):
+		return ResetExpired
+	case errors.Is(err, notify.ErrUnknown):
+		return ResetUnknown
+	}
+	h.log.Warn("check resume position", "id", p.String(), "err", err)
+	return ResetUnknown
+}
+
+// Detach unsubscribes c.
+func (h *Hub) Detach(c *client) {
+	c.gone.Store(true)
+	h.mu.Lock()
+	delete(h.clients, c)
+	h.mu.Unlock()
+}
+
+// Len returns the number of attached clients.
+func (h *Hub) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.clients)
+}
+
+// Close refuses new clients and disconnects every attached one with 1001,
+// waiting (at most until ctx ends) for the close frames to be written.
+func (h *Hub) Close(ctx context.Context) {
+	h.mu.Lock()
+	h.closing = true
+	for c := range h.clients {
+		c.gone.Store(true)
+		h.kick(c, CloseGoingAway, "server shutting down")
+	}
+	clear(h.clients)
+	h.mu.Unlock()
+	done := make(chan struct{})
+	go func() { h.kicks.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+	}
+}

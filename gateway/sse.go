@@ -1,0 +1,146 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/budget-rt/gateway/notify"
+)
+
+// sseTransport serves the operators' event stream as Server-Sent Events.
+type sseTransport struct {
+	hub          *Hub
+	log          *slog.Logger
+	queue        int
+	heartbeat    time.Duration
+	writeTimeout time.Duration
+	done         <-chan struct{} // closed at shutdown so streams end and Shutdown can finish
+}
+
+func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	from, err := t.hub.Head()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	last := r.Header.Get("Last-Event-ID") // set by EventSource on reconnect: newer than the URL's
+	if last == "" {
+		last = r.URL.Query().Get("last_event_id")
+	}
+	var types map[string]bool
+	if s := r.URL.Query().Get("types"); s != "" {
+		types = map[string]bool{}
+		for typ := range strings.SplitSeq(s, ",") {
+			if typ = strings.TrimSpace(typ); typ != "" {
+				types[typ] = true
+			}
+		}
+	}
+
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	out := sseWriter{w: w, rc: rc, timeout: t.writeTimeout}
+	// retry: how long EventSource waits before reconnecting (it resends the
+	// last id by itself).
+	if err := out.write([]byte("retry: 1000\n\n")); err != nil || out.flush() != nil {
+		return
+	}
+
+	sk := &sseSink{q: make(chan *entry, t.queue), gone: make(chan struct{})}
+	c := &client{sink: sk, types: types}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	if err := t.hub.Attach(ctx, c, last, from, out); err != nil {
+		t.log.Debug("sse attach", "err", err)
+		return
+	}
+	defer t.hub.Detach(c)
+	if out.flush() != nil {
+		return
+	}
+
+	beat := time.NewTimer(t.heartbeat)
+	defer beat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.done:
+			return
+		case <-sk.gone:
+			return
+		case <-beat.C:
+			if out.write([]byte(": heartbeat\n\n")) != nil || out.flush() != nil {
+				return
+			}
+		case e := <-sk.q:
+			// Write what is queued, then flush once.
+			for more := true; more; {
+				if out.write(e.sse) != nil {
+					return
+				}
+				select {
+				case e = <-sk.q:
+				default:
+					more = false
+				}
+			}
+			if out.flush() != nil {
+				return
+			}
+		}
+		beat.Reset(t.heartbeat)
+	}
+}
+
+// sseSink queues entries for one stream.
+type sseSink struct {
+	q    chan *entry
+	gone chan struct{}
+}
+
+func (k *sseSink) send(e *entry) bool {
+	select {
+	case k.q <- e:
+		return true
+	default:
+		return false
+	}
+}
+
+// close ends the stream: there is no close code in SSE, so the client just
+// reconnects and sends Last-Event-ID.
+func (k *sseSink) close(int, string) { close(k.gone) }
+
+// sseWriter writes with a deadline per write: the server's WriteTimeout is
+// off for these long-lived responses.
+type sseWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (o sseWriter) write(b []byte) error {
+	_ = o.rc.SetWriteDeadline(time.Now().Add(o.timeout))
+	_, err := o.w.Write(b)
+	return err
+}
+
+func (o sseWriter) flush() error { return o.rc.Flush() }
+
+func (o sseWriter) event(e *entry) error { return o.write(e.sse) }
+
+func (o sseWriter) reset(reason string, head notify.Position) error {
+	id := ""
+	if !head.IsZero() {
+		id = head.String()
+	}
+	return o.write(sseBlock(id, "reset", resetFrame(reason, head)))
+}

@@ -1,0 +1,228 @@
+package notify
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgxlisten"
+
+	rtsql "github.com/budget-rt/gateway/sql"
+)
+
+// Follower keeps up with the event log: it LISTENs for the commit doorbell on
+// a dedicated connection, and on every ring, every (re)connect and every
+// PollInterval it reads the log after its cursor and publishes what it finds.
+// The table is the truth; a lost notification only delays an event until the
+// next read, it never loses it.
+type Follower struct {
+	Store *Store
+	// Connect opens the LISTEN connection. Required.
+	Connect func(ctx context.Context) (*pgx.Conn, error)
+	// Publish receives events in commit order, from one goroutine. It must not
+	// block for long: the next read waits for it.
+	Publish func([]Event)
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// PollInterval is the safety poll; zero means 2 s.
+	PollInterval time.Duration
+	// From is the position to read after: the head of what was published
+	// before Run (the preloaded replay window).
+	From Position
+	// MinBackoff and MaxBackoff bound the jittered, doubling delay between
+	// reconnect attempts; zero means 100 ms and 5 s.
+	MinBackoff, MaxBackoff time.Duration
+
+	wake chan struct{}
+
+	mu        sync.Mutex
+	listening bool   // LISTEN is active on a live connection
+	listenGen uint64 // bumped after each successful LISTEN
+	readGen   uint64 // listenGen as of the start of the last clean catch-up
+	readErr   error  // last read failure, nil once a read succeeds
+	failures  int    // consecutive connect failures, for the backoff
+	cursor    Position
+}
+
+// Status is a snapshot of the follower's health, for readiness and metrics.
+type Status struct {
+	Listening bool     // the LISTEN connection is up
+	CaughtUp  bool     // a read finished after the latest (re)connect, and none failed since
+	Cursor    Position // the last position published
+	Err       error    // why it is not ready, when it is not
+}
+
+// Ready reports whether the follower is listening and caught up.
+func (s Status) Ready() bool { return s.Listening && s.CaughtUp }
+
+// Status returns the follower's current health.
+func (f *Follower) Status() Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := Status{Listening: f.listening, Cursor: f.cursor, Err: f.readErr}
+	st.CaughtUp = f.readErr == nil && f.listenGen > 0 && f.readGen == f.listenGen
+	if st.Err == nil && !st.Listening {
+		st.Err = fmt.Errorf("LISTEN connection is down")
+	} else if st.Err == nil && !st.CaughtUp {
+		st.Err = fmt.Errorf("catching up after (re)connect")
+	}
+	return st
+}
+
+// Run follows the log until ctx ends. It returns nil on cancellation.
+func (f *Follower) Run(ctx context.Context) error {
+	if f.Logger == nil {
+		f.Logger = slog.Default()
+	}
+	if f.PollInterval <= 0 {
+		f.PollInterval = 2 * time.Second
+	}
+	if f.MinBackoff <= 0 {
+		f.MinBackoff = 100 * time.Millisecond
+	}
+	if f.MaxBackoff <= 0 {
+		f.MaxBackoff = 5 * time.Second
+	}
+	f.wake = make(chan struct{}, 1)
+	f.mu.Lock()
+	f.cursor = f.From
+	f.mu.Unlock()
+
+	l := &pgxlisten.Listener{
+		Connect: f.connect,
+		LogError: func(ctx context.Context, err error) {
+			if ctx.Err() != nil {
+				return
+			}
+			f.mu.Lock()
+			f.listening = false
+			f.mu.Unlock()
+			f.Logger.Warn("listen connection lost", "err", err)
+		},
+		// Delays are ours (connect backs off with jitter); the library's default
+		// would wait a minute before reconnecting.
+		ReconnectDelay: -1,
+	}
+	l.Handle(rtsql.Channel, (*doorbell)(f))
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = l.Listen(ctx) // returns only when ctx ends
+	}()
+	defer func() { <-done }()
+
+	tick := time.NewTicker(f.PollInterval)
+	defer tick.Stop()
+	for {
+		f.catchUp(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-f.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// catchUp reads and publishes until the log has nothing after the cursor.
+func (f *Follower) catchUp(ctx context.Context) {
+	f.mu.Lock()
+	gen, cursor := f.listenGen, f.cursor
+	f.mu.Unlock()
+	for {
+		evs, next, err := f.Store.After(ctx, cursor)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			f.mu.Lock()
+			first := f.readErr == nil
+			f.readErr = err
+			f.mu.Unlock()
+			if first {
+				f.Logger.Warn("read event log", "err", err)
+			}
+			return
+		}
+		if len(evs) > 0 {
+			f.Publish(evs)
+		}
+		f.mu.Lock()
+		f.cursor = next
+		if len(evs) == 0 {
+			if f.readErr != nil {
+				f.Logger.Info("event log readable again")
+			}
+			f.readErr = nil
+			f.readGen = gen
+			f.mu.Unlock()
+			return
+		}
+		f.mu.Unlock()
+		cursor = next
+	}
+}
+
+// connect opens the LISTEN connection, waiting first when earlier attempts
+// failed: a doubling delay with full jitter, so replicas that lost the same
+// database do not reconnect in lockstep.
+func (f *Follower) connect(ctx context.Context) (*pgx.Conn, error) {
+	f.mu.Lock()
+	n := f.failures
+	f.mu.Unlock()
+	if n > 0 {
+		d := f.MinBackoff << min(n-1, 16)
+		d = min(d, f.MaxBackoff)
+		d = d/2 + rand.N(d/2+1)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(d):
+		}
+	}
+	conn, err := f.Connect(ctx)
+	f.mu.Lock()
+	if err != nil {
+		f.failures++
+	} else {
+		f.failures = 0
+	}
+	f.mu.Unlock()
+	return conn, err
+}
+
+func (f *Follower) ring() {
+	select {
+	case f.wake <- struct{}{}:
+	default: // a read is already due
+	}
+}
+
+// doorbell is the pgxlisten handler. It only rings: the read happens on the
+// Run goroutine with a pooled connection, so the LISTEN loop never waits.
+type doorbell Follower
+
+func (d *doorbell) HandleNotification(context.Context, *pgconn.Notification, *pgx.Conn) error {
+	(*Follower)(d).ring()
+	return nil
+}
+
+// HandleBacklog runs right after each LISTEN: whatever committed while the
+// connection was down is in the table, so a read now closes the gap.
+func (d *doorbell) HandleBacklog(context.Context, string, *pgx.Conn) error {
+	f := (*Follower)(d)
+	f.mu.Lock()
+	f.listening = true
+	f.listenGen++
+	f.failures = 0
+	f.mu.Unlock()
+	f.Logger.Info("listening", "channel", rtsql.Channel)
+	f.ring()
+	return nil
+}

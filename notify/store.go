@@ -1,0 +1,238 @@
+package notify
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Errors of Replay: the position cannot be resumed from.
+var (
+	// ErrExpired: the position was issued but its events have been pruned.
+	ErrExpired = errors.New("position is older than the event log keeps")
+	// ErrUnknown: no event has this position; it was never issued here.
+	ErrUnknown = errors.New("position was not issued by this event log")
+)
+
+// Store reads the event log (rtgw.tx joined with rtgw.event).
+type Store struct {
+	Pool *pgxpool.Pool
+	// MaxRowBytes is the largest row sent in full; larger rows are cut to their
+	// primary key and marked Truncated. Zero means no limit.
+	MaxRowBytes int
+	// PageTx is how many transactions one query reads; zero means 256.
+	PageTx int
+}
+
+// readTxQuery reads whole transactions in commit order. Paging by transaction
+// lets it walk the unique index on seq and then the (xid, id) primary key.
+const readTxQuery = `
+WITH t AS (
+    SELECT xid, seq, committed_at FROM rtgw.tx
+    WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
+)
+SELECT t.seq, e.id, e.tbl, e.op, e.type, e.data::text, t.committed_at
+FROM t JOIN rtgw.event e ON e.xid = t.xid
+ORDER BY t.seq, e.id`
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// After returns the events after pos, in commit order, reading at most one
+// page of transactions, and the position to read after next time. An empty
+// result means the reader is caught up.
+func (s *Store) After(ctx context.Context, pos Position) ([]Event, Position, error) {
+	return s.page(ctx, s.Pool, pos, Position{Seq: math.MaxInt64, ID: math.MaxInt64})
+}
+
+// page reads the events in (after, upTo], at most one page of transactions,
+// and returns the position the next page starts after.
+func (s *Store) page(ctx context.Context, q querier, after, upTo Position) ([]Event, Position, error) {
+	limit := s.PageTx
+	if limit <= 0 {
+		limit = 256
+	}
+	from := after.Seq
+	if after.ID == math.MaxInt64 {
+		from++ // after a whole transaction: no need to read it again
+	}
+	rows, err := q.Query(ctx, readTxQuery, from, upTo.Seq, limit)
+	if err != nil {
+		return nil, after, fmt.Errorf("read event log: %w", err)
+	}
+	all, err := s.scan(ctx, q, rows)
+	if err != nil {
+		return nil, after, err
+	}
+	if len(all) == 0 {
+		return nil, after, nil
+	}
+	// Transactions are read whole, so the next page starts after the last one.
+	next := Position{Seq: all[len(all)-1].Pos.Seq, ID: math.MaxInt64}
+	out := all[:0]
+	for _, e := range all {
+		if e.Pos.Compare(after) > 0 && e.Pos.Compare(upTo) <= 0 {
+			out = append(out, e)
+		}
+	}
+	return out, next, nil
+}
+
+// scan decodes event rows (as readTxQuery selects them) and applies the row
+// size limit.
+func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows) ([]Event, error) {
+	defer rows.Close()
+	var (
+		out  []Event
+		buf  bytes.Buffer
+		op   string
+		data []byte
+	)
+	for rows.Next() {
+		var e Event
+		if err := rows.Scan(&e.Pos.Seq, &e.Pos.ID, &e.Table, &op, &e.Type, &data, &e.Time); err != nil {
+			return nil, fmt.Errorf("scan event: %w", err)
+		}
+		if len(op) == 1 {
+			e.Op = Op(op[0])
+		}
+		e.Time = e.Time.UTC()
+		buf.Reset()
+		if err := json.Compact(&buf, data); err != nil {
+			return nil, fmt.Errorf("decode event %s: %w", e.Pos, err)
+		}
+		e.Data = bytes.Clone(buf.Bytes())
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read event log: %w", err)
+	}
+	if err := s.truncate(ctx, q, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Latest returns up to n of the newest events, oldest first, and the position
+// of the newest event in the log (zero when the log is empty).
+func (s *Store) Latest(ctx context.Context, n int) ([]Event, Position, error) {
+	rows, err := s.Pool.Query(ctx, `
+SELECT t.seq, e.id, e.tbl, e.op, e.type, e.data::text, t.committed_at
+FROM (SELECT xid, seq, committed_at FROM rtgw.tx WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT $1) t
+JOIN rtgw.event e ON e.xid = t.xid
+ORDER BY t.seq DESC, e.id DESC LIMIT $1`, n)
+	if err != nil {
+		return nil, Position{}, fmt.Errorf("read log head: %w", err)
+	}
+	evs, err := s.scan(ctx, s.Pool, rows)
+	if err != nil || len(evs) == 0 {
+		return nil, Position{}, err
+	}
+	slices.Reverse(evs)
+	return evs, evs[len(evs)-1].Pos, nil
+}
+
+// Replay calls fn with every event in (after, upTo], in order and in pages,
+// all read from one snapshot so pruning cannot open a gap half-way. It fails
+// with ErrExpired or ErrUnknown when after is not the position of an event
+// still in the log. With upTo <= after it only checks that after exists.
+func (s *Store) Replay(ctx context.Context, after, upTo Position, fn func([]Event) error) error {
+	tx, err := s.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("begin replay: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+
+	var exists bool
+	var oldest *int64
+	err = tx.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid WHERE t.seq = $1 AND e.id = $2),
+       (SELECT min(seq) FROM rtgw.tx)`, after.Seq, after.ID).Scan(&exists, &oldest)
+	if err != nil {
+		return fmt.Errorf("look up position: %w", err)
+	}
+	if !exists {
+		if oldest == nil || after.Seq < *oldest {
+			return ErrExpired
+		}
+		return ErrUnknown
+	}
+	for after.Compare(upTo) < 0 {
+		evs, next, err := s.page(ctx, tx, after, upTo)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			break
+		}
+		if err := fn(evs); err != nil {
+			return err
+		}
+		after = next
+	}
+	return nil
+}
+
+// truncate cuts rows over MaxRowBytes down to their primary key, so a client
+// learns the row changed and refetches it instead of receiving megabytes.
+func (s *Store) truncate(ctx context.Context, q querier, evs []Event) error {
+	if s.MaxRowBytes <= 0 {
+		return nil
+	}
+	for i := range evs {
+		e := &evs[i]
+		if len(e.Data) <= s.MaxRowBytes {
+			continue
+		}
+		var pk []string
+		err := q.QueryRow(ctx, `SELECT pk FROM rtgw.tracked WHERE tbl = to_regclass($1)`, e.Table).Scan(&pk)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("read key of %s: %w", e.Table, err)
+		}
+		var row map[string]json.RawMessage
+		if err := json.Unmarshal(e.Data, &row); err != nil {
+			return fmt.Errorf("decode event %s: %w", e.Pos, err)
+		}
+		var buf bytes.Buffer
+		buf.WriteByte('{')
+		for j, k := range pk {
+			if j > 0 {
+				buf.WriteByte(',')
+			}
+			name, _ := json.Marshal(k)
+			buf.Write(name)
+			buf.WriteByte(':')
+			if v, ok := row[k]; ok {
+				buf.Write(v)
+			} else {
+				buf.WriteString("null")
+			}
+		}
+		buf.WriteByte('}')
+		e.Data = buf.Bytes()
+		e.Truncated = true
+	}
+	return nil
+}
+
+// Oldest returns the commit sequence of the oldest transaction still in the
+// log, or zero when it is empty.
+func (s *Store) Oldest(ctx context.Context) (int64, error) {
+	var seq *int64
+	if err := s.Pool.QueryRow(ctx, `SELECT min(seq) FROM rtgw.tx`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("read log tail: %w", err)
+	}
+	if seq == nil {
+		return 0, nil
+	}
+	return *seq, nil
+}

@@ -1,0 +1,202 @@
+-- Realtime gateway: install or upgrade. Idempotent: run it again after an upgrade.
+--
+--   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f sql/install.sql
+--   psql "$DATABASE_URL" -c "SELECT rtgw.track('facts', 'budget_fact')"
+--
+-- Everything lives in the schema rtgw. The application's tables only get
+-- statement-level triggers, added by rtgw.track and removed by rtgw.untrack.
+--
+-- How ordering works (see README, "Ordering"): a statement trigger copies the
+-- changed rows into rtgw.event, tagged with the writer's transaction id, and
+-- registers the transaction in rtgw.tx. A deferred constraint trigger on
+-- rtgw.tx runs at COMMIT, takes one transaction-scoped advisory lock and only
+-- then draws the transaction's commit sequence number. The lock is released
+-- after the commit is visible, so sequence numbers follow commit order: a
+-- reader that has seen seq N has seen every transaction that committed before.
+BEGIN;
+
+-- Serialise concurrent installs (several replicas running migrate at once).
+SELECT pg_advisory_xact_lock(1920232, 1);
+
+CREATE SCHEMA IF NOT EXISTS rtgw;
+COMMENT ON SCHEMA rtgw IS 'realtime gateway: event log and change capture';
+
+-- One row per writing transaction; seq is set at commit, in commit order.
+CREATE TABLE IF NOT EXISTS rtgw.tx (
+    xid          xid8 PRIMARY KEY,
+    seq          bigint UNIQUE,
+    committed_at timestamptz
+);
+
+CREATE SEQUENCE IF NOT EXISTS rtgw.tx_seq;
+
+-- One row per changed application row. id orders the events of one
+-- transaction; across transactions the order is rtgw.tx.seq.
+CREATE TABLE IF NOT EXISTS rtgw.event (
+    xid  xid8   NOT NULL,
+    id   bigint GENERATED ALWAYS AS IDENTITY,
+    tbl  text   NOT NULL,
+    op   "char" NOT NULL CHECK (op IN ('I', 'U', 'D')),
+    type text   NOT NULL,
+    data jsonb  NOT NULL,
+    PRIMARY KEY (xid, id)
+);
+
+-- Which tables are tracked, and how their events are named and shaped.
+CREATE TABLE IF NOT EXISTS rtgw.tracked (
+    tbl     regclass PRIMARY KEY,
+    prefix  text     NOT NULL CHECK (prefix ~ '^[A-Za-z_][A-Za-z0-9_]*$'),
+    columns text[],            -- NULL: every column; else only these (plus the key)
+    pk      text[]   NOT NULL  -- primary key columns: what a delete carries
+);
+
+-- capture runs once per statement on a tracked table (and on each of its
+-- partitions, for writes that name a partition directly). Working on the
+-- transition tables keeps a 10,000-row DELETE one INSERT ... SELECT.
+CREATE OR REPLACE FUNCTION rtgw.capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    cfg    rtgw.tracked;
+    me     xid8 := pg_current_xact_id();
+    sample jsonb;
+    keep   text[];
+    drops  text[];
+BEGIN
+    SELECT * INTO cfg FROM rtgw.tracked WHERE tbl = TG_ARGV[0]::oid::regclass;
+    IF NOT FOUND THEN
+        RETURN NULL; -- untracked while a statement was running
+    END IF;
+
+    -- Every row of one statement has the same keys: work out once which to
+    -- drop, then project each row with jsonb - text[].
+    IF TG_OP = 'DELETE' THEN
+        SELECT to_jsonb(o) INTO sample FROM old_rows o LIMIT 1;
+        keep := cfg.pk;
+    ELSE
+        SELECT to_jsonb(n) INTO sample FROM new_rows n LIMIT 1;
+        keep := CASE WHEN cfg.columns IS NULL THEN NULL ELSE cfg.columns || cfg.pk END;
+    END IF;
+    IF sample IS NULL THEN
+        RETURN NULL; -- the statement changed no row
+    END IF;
+    drops := ARRAY(SELECT k FROM jsonb_object_keys(sample) AS k
+                   WHERE keep IS NOT NULL AND k <> ALL (keep));
+
+    INSERT INTO rtgw.tx (xid) VALUES (me) ON CONFLICT (xid) DO NOTHING;
+
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO rtgw.event (xid, tbl, op, type, data)
+        SELECT me, cfg.tbl::text, 'I', cfg.prefix || '_created', to_jsonb(n) - drops FROM new_rows n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- A row moved to another partition is in here too: PostgreSQL runs it
+        -- as DELETE + INSERT on the partitions but reports it to the parent's
+        -- statement trigger as an UPDATE.
+        INSERT INTO rtgw.event (xid, tbl, op, type, data)
+        SELECT me, cfg.tbl::text, 'U', cfg.prefix || '_updated', to_jsonb(n) - drops FROM new_rows n;
+    ELSE
+        INSERT INTO rtgw.event (xid, tbl, op, type, data)
+        SELECT me, cfg.tbl::text, 'D', cfg.prefix || '_deleted', to_jsonb(o) - drops FROM old_rows o;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+-- stamp runs at COMMIT, once per writing transaction (deferred constraint
+-- trigger on rtgw.tx). Holding the lock from here to the end of the commit is
+-- what makes seq follow commit order; it is the only point where writers of
+-- tracked tables wait for each other.
+CREATE OR REPLACE FUNCTION rtgw.stamp() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    s bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1920232, 2);
+    s := nextval('rtgw.tx_seq');
+    UPDATE rtgw.tx SET seq = s, committed_at = clock_timestamp() WHERE xid = NEW.xid;
+    -- NOTIFY is only a doorbell: the gateway reads the table. If no gateway
+    -- drains the queue (stopped, paused), a full queue would make this COMMIT
+    -- fail, so stop ringing well before that; the gateway's poll catches up.
+    IF pg_notification_queue_usage() < 0.5 THEN
+        PERFORM pg_notify('rtgw', s::text);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'rtgw.tx'::regclass AND tgname = 'rtgw_stamp') THEN
+        CREATE CONSTRAINT TRIGGER rtgw_stamp AFTER INSERT ON rtgw.tx
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rtgw.stamp();
+    END IF;
+END
+$do$;
+
+-- track starts (or re-configures) tracking of a table. Events are named
+-- <prefix>_created, <prefix>_updated and <prefix>_deleted. columns, when
+-- given, limits what created and updated events carry (the primary key is
+-- always included). Re-run it after adding partitions that the application
+-- writes to directly; writes through the parent are always captured.
+CREATE OR REPLACE FUNCTION rtgw.track(tbl regclass, prefix text, columns text[] DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    key  text[];
+    part regclass;
+    op   text;
+BEGIN
+    IF (SELECT relispartition FROM pg_class WHERE oid = tbl) THEN
+        RAISE EXCEPTION 'rtgw.track: % is a partition; track its parent table', tbl;
+    END IF;
+    key := ARRAY(SELECT a.attname::text
+                 FROM pg_index i
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                 WHERE i.indrelid = tbl AND i.indisprimary
+                 ORDER BY k.ord);
+    IF cardinality(key) = 0 THEN
+        RAISE EXCEPTION 'rtgw.track: % has no primary key; deletes could not say which row went', tbl;
+    END IF;
+    IF columns IS NOT NULL AND EXISTS (
+        SELECT 1 FROM unnest(columns) c
+        WHERE NOT EXISTS (SELECT 1 FROM pg_attribute
+                          WHERE attrelid = tbl AND attname = c AND attnum > 0 AND NOT attisdropped)) THEN
+        RAISE EXCEPTION 'rtgw.track: % has no column among %', tbl, columns;
+    END IF;
+
+    INSERT INTO rtgw.tracked AS t (tbl, prefix, columns, pk) VALUES (tbl, prefix, columns, key)
+    ON CONFLICT ON CONSTRAINT tracked_pkey
+    DO UPDATE SET prefix = excluded.prefix, columns = excluded.columns, pk = excluded.pk;
+
+    FOR part IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'rtgw_' || op, part);
+            EXECUTE format(
+                'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION rtgw.capture(%L)',
+                'rtgw_' || op, upper(op), part,
+                CASE op WHEN 'insert' THEN 'NEW TABLE AS new_rows'
+                        WHEN 'update' THEN 'OLD TABLE AS old_rows NEW TABLE AS new_rows'
+                        ELSE 'OLD TABLE AS old_rows' END,
+                tbl::oid);
+        END LOOP;
+    END LOOP;
+END
+$fn$;
+
+-- untrack stops tracking a table; events already logged stay for replay.
+CREATE OR REPLACE FUNCTION rtgw.untrack(tbl regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    part regclass;
+    op   text;
+BEGIN
+    FOR part IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'rtgw_' || op, part);
+        END LOOP;
+    END LOOP;
+    DELETE FROM rtgw.tracked t WHERE t.tbl = untrack.tbl;
+END
+$fn$;
+
+COMMIT;
