@@ -119,19 +119,39 @@ func (f *Follower) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(f.PollInterval)
 	defer tick.Stop()
+	// retry re-reads soon after a failed read (a pooled connection that died
+	// under it, say) instead of waiting for the next ring or poll.
+	retry := time.NewTimer(0)
+	<-retry.C
+	failures := 0
 	for {
-		f.catchUp(ctx)
+		if f.catchUp(ctx) {
+			failures = 0
+		} else {
+			failures++
+			retry.Reset(f.backoff(failures))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-f.wake:
 		case <-tick.C:
+		case <-retry.C:
 		}
 	}
 }
 
-// catchUp reads and publishes until the log has nothing after the cursor.
-func (f *Follower) catchUp(ctx context.Context) {
+// backoff is a doubling delay with jitter: between MinBackoff and
+// MaxBackoff, so replicas that lost the same database do not retry in
+// lockstep.
+func (f *Follower) backoff(failures int) time.Duration {
+	d := min(f.MinBackoff<<min(failures-1, 16), f.MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// catchUp reads and publishes until the log has nothing after the cursor. It
+// reports whether it got there.
+func (f *Follower) catchUp(ctx context.Context) bool {
 	f.mu.Lock()
 	gen, cursor := f.listenGen, f.cursor
 	f.mu.Unlock()
@@ -139,7 +159,7 @@ func (f *Follower) catchUp(ctx context.Context) {
 		evs, next, err := f.Store.After(ctx, cursor)
 		if err != nil {
 			if ctx.Err() != nil {
-				return
+				return true
 			}
 			f.mu.Lock()
 			first := f.readErr == nil
@@ -148,7 +168,7 @@ func (f *Follower) catchUp(ctx context.Context) {
 			if first {
 				f.Logger.Warn("read event log", "err", err)
 			}
-			return
+			return false
 		}
 		if len(evs) > 0 {
 			f.Publish(evs)
@@ -162,7 +182,7 @@ func (f *Follower) catchUp(ctx context.Context) {
 			f.readErr = nil
 			f.readGen = gen
 			f.mu.Unlock()
-			return
+			return true
 		}
 		f.mu.Unlock()
 		cursor = next
@@ -177,13 +197,10 @@ func (f *Follower) connect(ctx context.Context) (*pgx.Conn, error) {
 	n := f.failures
 	f.mu.Unlock()
 	if n > 0 {
-		d := f.MinBackoff << min(n-1, 16)
-		d = min(d, f.MaxBackoff)
-		d = d/2 + rand.N(d/2+1)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(d):
+		case <-time.After(f.backoff(n)):
 		}
 	}
 	conn, err := f.Connect(ctx)

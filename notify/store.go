@@ -152,19 +152,13 @@ func (s *Store) Replay(ctx context.Context, after, upTo Position, fn func([]Even
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 
-	var exists bool
-	var oldest *int64
-	err = tx.QueryRow(ctx, `
-SELECT EXISTS (SELECT 1 FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid WHERE t.seq = $1 AND e.id = $2),
-       (SELECT min(seq) FROM rtgw.tx)`, after.Seq, after.ID).Scan(&exists, &oldest)
-	if err != nil {
-		return fmt.Errorf("look up position: %w", err)
-	}
-	if !exists {
-		if oldest == nil || after.Seq < *oldest {
-			return ErrExpired
+	// The zero position is "before the first event": a client that connected
+	// while the log was empty. It is never a client's own id (ParsePosition
+	// refuses it), so there is nothing to check.
+	if !after.IsZero() {
+		if err := checkPosition(ctx, tx, after); err != nil {
+			return err
 		}
-		return ErrUnknown
 	}
 	for after.Compare(upTo) < 0 {
 		evs, next, err := s.page(ctx, tx, after, upTo)
@@ -180,6 +174,30 @@ SELECT EXISTS (SELECT 1 FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid WHERE 
 		after = next
 	}
 	return nil
+}
+
+// checkPosition tells whether p is an event still in the log, and if not,
+// whether it was pruned (its commit sequence was issued, and is older than
+// the oldest kept) or never issued at all.
+func checkPosition(ctx context.Context, q querier, p Position) error {
+	var (
+		exists bool
+		oldest *int64
+		issued int64
+	)
+	err := q.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid WHERE t.seq = $1 AND e.id = $2),
+       (SELECT min(seq) FROM rtgw.tx),
+       (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM rtgw.tx_seq)`, p.Seq, p.ID).Scan(&exists, &oldest, &issued)
+	switch {
+	case err != nil:
+		return fmt.Errorf("look up position: %w", err)
+	case exists:
+		return nil
+	case p.Seq <= issued && (oldest == nil || p.Seq < *oldest):
+		return ErrExpired
+	}
+	return ErrUnknown
 }
 
 // truncate cuts rows over MaxRowBytes down to their primary key, so a client
