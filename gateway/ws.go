@@ -59,7 +59,7 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // writer: the replay is written here, directly and synchronously, while live
 // events wait in the session queue behind it.
 func (t *wsTransport) connect(s *melody.Session) {
-	c := &client{sink: &wsSink{s: s}}
+	c := &client{sink: &wsSink{s: s, timeout: t.writeTimeout}}
 	s.Set(keyClient, c)
 	last, _ := s.Get(keyLast)
 	from, _ := s.Get(keyFrom)
@@ -94,8 +94,9 @@ func (t *wsTransport) error(s *melody.Session, err error) {
 
 // wsSink queues frames in the melody session.
 type wsSink struct {
-	s    *melody.Session
-	full atomic.Bool // set (synchronously, by melody's error hook) when a Write was dropped
+	s       *melody.Session
+	timeout time.Duration // the write timeout: how long close may wait for the writer
+	full    atomic.Bool   // set (synchronously, by melody's error hook) when a Write was dropped
 }
 
 func (k *wsSink) send(e *entry) bool {
@@ -108,10 +109,19 @@ func (k *wsSink) send(e *entry) bool {
 
 // close sends the close frame directly (WriteControl is safe beside the
 // writer, and the queue may be full) and closes the socket; melody's read
-// loop then ends and runs the disconnect hook.
+// loop then ends and runs the disconnect hook. WriteControl first waits for
+// the write lock, which melody's writer holds while a frame is stuck in a
+// full socket (the usual state of a slow client). A slow client's close
+// waits as long as that frame may take: giving up sooner would cut the
+// frame short and the client would see an abnormal closure, not 4008. At
+// shutdown a stalled client gets a second, so it cannot hold up the exit.
 func (k *wsSink) close(code int, reason string) {
+	wait := time.Second
+	if code == CloseSlow {
+		wait = k.timeout
+	}
 	conn := k.s.WebsocketConnection()
-	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(wait))
 	_ = conn.Close()
 }
 

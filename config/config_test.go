@@ -1,0 +1,216 @@
+package config
+
+import (
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadDefaults(t *testing.T) {
+	t.Parallel()
+	got, err := Load([]string{"DATABASE_URL=postgres://db/app", "UNRELATED=1"})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	want := Config{
+		DatabaseURL:  "postgres://db/app",
+		Addr:         ":8080",
+		Track:        "facts:budget_fact,articles:article",
+		ReplayEvents: 10000,
+		MaxRowBytes:  1 << 20,
+		PollInterval: 2 * time.Second,
+		SendQueue:    256,
+		WriteTimeout: 10 * time.Second,
+		Heartbeat:    15 * time.Second,
+		Shutdown:     10 * time.Second,
+		LogLevel:     slog.LevelInfo,
+		LogFormat:    "auto",
+	}
+	if got != want {
+		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
+	}
+	tracks, err := ParseTrack(got.Track)
+	if err != nil {
+		t.Fatalf("default GATEWAY_TRACK: %v", err)
+	}
+	wantTracks := []Track{{Table: "facts", Prefix: "budget_fact"}, {Table: "articles", Prefix: "article"}}
+	if !reflect.DeepEqual(tracks, wantTracks) {
+		t.Fatalf("default tracks %+v, want %+v", tracks, wantTracks)
+	}
+}
+
+func TestLoadOverrides(t *testing.T) {
+	t.Parallel()
+	got, err := Load([]string{
+		"DATABASE_URL=postgres://db/app",
+		"GATEWAY_ADDR=127.0.0.1:9000",
+		"GATEWAY_TRACK=public.facts:fact:amount|fact_date",
+		"GATEWAY_REPLAY_EVENTS=1",
+		"GATEWAY_MAX_ROW_BYTES=64",
+		"GATEWAY_POLL_INTERVAL=250ms",
+		"GATEWAY_SEND_QUEUE=1",
+		"GATEWAY_WRITE_TIMEOUT=1m",
+		"GATEWAY_SSE_HEARTBEAT=50ms",
+		"GATEWAY_SHUTDOWN_TIMEOUT=1h",
+		"GATEWAY_LOG_LEVEL=debug",
+		"GATEWAY_LOG_FORMAT=text",
+	})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	want := Config{
+		DatabaseURL:  "postgres://db/app",
+		Addr:         "127.0.0.1:9000",
+		Track:        "public.facts:fact:amount|fact_date",
+		ReplayEvents: 1,
+		MaxRowBytes:  64,
+		PollInterval: 250 * time.Millisecond,
+		SendQueue:    1,
+		WriteTimeout: time.Minute,
+		Heartbeat:    50 * time.Millisecond,
+		Shutdown:     time.Hour,
+		LogLevel:     slog.LevelDebug,
+		LogFormat:    "text",
+	}
+	if got != want {
+		t.Fatalf("overrides:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// Every bad setting is refused with an error that says which setting and
+// what is wrong with it.
+func TestLoadErrors(t *testing.T) {
+	t.Parallel()
+	const db = "DATABASE_URL=postgres://db/app"
+	cases := []struct {
+		name string
+		env  []string
+		// names: the error names the setting, by its variable or (for values
+		// the environment parser rejects) its field; any one will do.
+		names []string
+		want  []string // the error contains all of these
+	}{
+		{"no DATABASE_URL", nil, []string{"DATABASE_URL"}, nil},
+		{"empty DATABASE_URL", []string{"DATABASE_URL="}, []string{"DATABASE_URL"}, nil},
+		{"duration not a duration", []string{db, "GATEWAY_POLL_INTERVAL=soon"},
+			[]string{"GATEWAY_POLL_INTERVAL", "PollInterval"}, []string{`"soon"`}},
+		{"duration without unit", []string{db, "GATEWAY_SSE_HEARTBEAT=5"},
+			[]string{"GATEWAY_SSE_HEARTBEAT", "Heartbeat"}, []string{`"5"`}},
+		{"negative duration", []string{db, "GATEWAY_WRITE_TIMEOUT=-1s"},
+			[]string{"GATEWAY_WRITE_TIMEOUT"}, []string{"positive", "-1s"}},
+		{"zero duration", []string{db, "GATEWAY_SHUTDOWN_TIMEOUT=0s"},
+			[]string{"GATEWAY_SHUTDOWN_TIMEOUT"}, []string{"positive"}},
+		{"zero poll interval", []string{db, "GATEWAY_POLL_INTERVAL=0s"},
+			[]string{"GATEWAY_POLL_INTERVAL"}, []string{"positive"}},
+		{"number not a number", []string{db, "GATEWAY_SEND_QUEUE=lots"},
+			[]string{"GATEWAY_SEND_QUEUE", "SendQueue"}, []string{`"lots"`}},
+		{"number with a unit", []string{db, "GATEWAY_MAX_ROW_BYTES=1MB"},
+			[]string{"GATEWAY_MAX_ROW_BYTES", "MaxRowBytes"}, []string{`"1MB"`}},
+		{"send queue zero", []string{db, "GATEWAY_SEND_QUEUE=0"},
+			[]string{"GATEWAY_SEND_QUEUE"}, []string{"at least 1", "got 0"}},
+		{"replay window negative", []string{db, "GATEWAY_REPLAY_EVENTS=-5"},
+			[]string{"GATEWAY_REPLAY_EVENTS"}, []string{"at least 1", "got -5"}},
+		{"row limit too small", []string{db, "GATEWAY_MAX_ROW_BYTES=63"},
+			[]string{"GATEWAY_MAX_ROW_BYTES"}, []string{"at least 64", "got 63"}},
+		{"log level", []string{db, "GATEWAY_LOG_LEVEL=loud"},
+			[]string{"GATEWAY_LOG_LEVEL", "LogLevel"}, []string{`"loud"`}},
+		{"log format", []string{db, "GATEWAY_LOG_FORMAT=xml"},
+			[]string{"GATEWAY_LOG_FORMAT"}, []string{`"xml"`}},
+		{"track", []string{db, "GATEWAY_TRACK=facts"},
+			[]string{"GATEWAY_TRACK"}, []string{`"facts"`}},
+		{"several at once", []string{db, "GATEWAY_SEND_QUEUE=0", "GATEWAY_LOG_FORMAT=xml", "GATEWAY_SSE_HEARTBEAT=-1ms"},
+			[]string{"GATEWAY_SEND_QUEUE"}, []string{"GATEWAY_LOG_FORMAT", "GATEWAY_SSE_HEARTBEAT"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := Load(c.env)
+			if err == nil {
+				t.Fatalf("Load(%q) = %+v, want an error", c.env, cfg)
+			}
+			if cfg != (Config{}) {
+				t.Errorf("Load returned a config with its error: %+v", cfg)
+			}
+			msg := err.Error()
+			named := false
+			for _, n := range c.names {
+				named = named || strings.Contains(msg, n)
+			}
+			if !named {
+				t.Errorf("error %q names none of %q", msg, c.names)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not contain %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseTrack(t *testing.T) {
+	t.Parallel()
+	good := []struct {
+		in   string
+		want []Track
+	}{
+		{"", nil},
+		{" , ,", nil},
+		{"facts:budget_fact", []Track{{Table: "facts", Prefix: "budget_fact"}}},
+		{" facts:budget_fact , articles:article ,", []Track{
+			{Table: "facts", Prefix: "budget_fact"}, {Table: "articles", Prefix: "article"}}},
+		{"public.facts:fact:amount|fact_date", []Track{
+			{Table: "public.facts", Prefix: "fact", Columns: []string{"amount", "fact_date"}}}},
+		{"_t$1:_P9:c$", []Track{{Table: "_t$1", Prefix: "_P9", Columns: []string{"c$"}}}},
+		{"a:x,b:x", []Track{{Table: "a", Prefix: "x"}, {Table: "b", Prefix: "x"}}}, // a shared prefix is allowed
+	}
+	for _, c := range good {
+		got, err := ParseTrack(c.in)
+		if err != nil {
+			t.Errorf("ParseTrack(%q): %v", c.in, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, c.want) {
+			t.Errorf("ParseTrack(%q) = %+v, want %+v", c.in, got, c.want)
+		}
+	}
+
+	bad := []struct {
+		in, want string // want: the error contains it
+	}{
+		{"facts", `"facts" is not table:prefix`},
+		{"facts:budget_fact,articles", `"articles" is not table:prefix`},
+		{"facts:f:id:x", `"facts:f:id:x" is not table:prefix`},
+		{"facts:", `prefix ""`},
+		{":f", `"" is not a table name`},
+		{"fa-cts:f", `"fa-cts" is not a table name`},
+		{"1facts:f", `"1facts" is not a table name`},
+		{"a.b.c:f", `"a.b.c" is not a table name`},
+		{`"Facts":f`, `"\"Facts\"" is not a table name`},
+		{"facts:budget-fact", `prefix "budget-fact"`},
+		{"facts:9f", `prefix "9f"`},
+		{"facts:f$", `prefix "f$"`},
+		{"facts:f,facts:g", `table "facts" listed twice`},
+		{"facts:f:", `"" is not a column name`},
+		{"facts:f:id|", `"" is not a column name`},
+		{"facts:f:id||amount", `"" is not a column name`},
+		{"facts:f:fact date", `"fact date" is not a column name`},
+		{"facts:f:id|na-me", `"na-me" is not a column name`},
+		{"facts:f:id,amount", `"amount" is not table:prefix`}, // columns are separated by |, not ,
+	}
+	for _, c := range bad {
+		got, err := ParseTrack(c.in)
+		if err == nil {
+			t.Errorf("ParseTrack(%q) = %+v, want an error", c.in, got)
+			continue
+		}
+		if !strings.HasPrefix(err.Error(), "GATEWAY_TRACK: ") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ParseTrack(%q): error %q, want GATEWAY_TRACK: ...%s...", c.in, err, c.want)
+		}
+		if got != nil {
+			t.Errorf("ParseTrack(%q) returned %+v with its error", c.in, got)
+		}
+	}
+}
