@@ -56,14 +56,33 @@ type emitter interface {
 }
 
 // client is one subscriber of any transport.
+//
+// Flow control is by credit: a client may have at most limit frames queued
+// in its transport. When its queue is full the hub stops pushing and marks
+// it lagging; the transport pulls the rest from the replay window (refill)
+// as its queue drains. So a burst larger than the queue (a 10,000-row
+// statement) slows nobody down and disconnects nobody, and a client is cut
+// as slow only when it falls out of the window: then its events would be
+// gone, and it must resume from the log.
 type client struct {
-	sink  sink
-	types map[string]bool // nil: every type
-	after notify.Position // guarded by Hub.mu: events at or before it are not sent live
-	gone  atomic.Bool     // kicked or detached: send nothing more
+	sink     sink
+	types    map[string]bool // nil: every type
+	limit    int32           // frames it may have queued
+	inflight atomic.Int32    // frames queued, not yet written
+	lagging  atomic.Bool     // its queue filled; it pulls from the window
+	gone     atomic.Bool     // kicked or detached: send nothing more
+	after    notify.Position // guarded by Hub.mu: last event handed over (or skipped)
 }
 
 func (c *client) wants(e *entry) bool { return c.types == nil || c.types[e.Type] }
+
+// sent is called by the transport after it wrote a queued frame. It reports
+// whether the client should pull more from the window now: it is lagging
+// and its queue is half empty.
+func (c *client) sent() bool {
+	n := c.inflight.Add(-1)
+	return c.lagging.Load() && n <= c.limit/2
+}
 
 // Hub fans events out to clients and keeps the replay window.
 type Hub struct {
@@ -118,8 +137,9 @@ func (h *Hub) Head() (notify.Position, error) {
 }
 
 // Publish appends events (in commit order, from one goroutine) to the window
-// and offers each to every client that wants it. A client whose queue is
-// full is disconnected as slow, never skipped: it resumes from its last id.
+// and offers each to every client that wants it. It never waits for a
+// client: one with a full queue is left to pull from the window, and one
+// that fell out of the window is disconnected as slow.
 func (h *Hub) Publish(evs []notify.Event) {
 	var slow []*client
 	h.mu.Lock()
@@ -128,18 +148,22 @@ func (h *Hub) Publish(evs []notify.Event) {
 			continue // already published; the follower's cursor makes this rare
 		}
 		e := newEntry(ev)
-		if old := h.ring.push(e); old != nil {
-			h.floor = old.Pos
+		evicted := h.ring.push(e)
+		if evicted != nil {
+			h.floor = evicted.Pos
 		}
 		h.head = ev.Pos
 		for c := range h.clients {
-			if ev.Pos.Compare(c.after) <= 0 || !c.wants(e) {
+			if c.lagging.Load() {
+				if evicted != nil && c.after.Compare(h.floor) < 0 {
+					slow = append(slow, c) // what it still needs is gone
+					h.drop(c)
+				}
 				continue
 			}
-			if !c.sink.send(e) {
-				c.gone.Store(true)
-				delete(h.clients, c)
+			if ev.Pos.Compare(c.after) > 0 && !h.offer(c, e) {
 				slow = append(slow, c)
+				h.drop(c)
 			}
 		}
 	}
@@ -148,6 +172,60 @@ func (h *Hub) Publish(evs []notify.Event) {
 		h.log.Info("disconnecting slow client", "code", CloseSlow)
 		h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
 	}
+}
+
+// offer hands e to c, or marks c lagging when its queue is full. It reports
+// false when the transport refused the frame. Call with h.mu held.
+func (h *Hub) offer(c *client, e *entry) bool {
+	if !c.wants(e) {
+		c.after = e.Pos
+		return true
+	}
+	if c.inflight.Load() >= c.limit {
+		c.lagging.Store(true)
+		return true
+	}
+	c.inflight.Add(1)
+	if !c.sink.send(e) {
+		return false
+	}
+	c.after = e.Pos
+	return true
+}
+
+// drop removes c from the fan-out. Call with h.mu held.
+func (h *Hub) drop(c *client) {
+	c.gone.Store(true)
+	delete(h.clients, c)
+}
+
+// refill pulls events after c's last one from the window into its queue,
+// as far as its credit allows; the transport calls it when sent says so.
+func (h *Hub) refill(c *client) {
+	h.mu.Lock()
+	if c.gone.Load() || !c.lagging.Load() {
+		h.mu.Unlock()
+		return
+	}
+	if c.after.Compare(h.floor) < 0 {
+		h.drop(c)
+		h.mu.Unlock()
+		h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+		return
+	}
+	i := h.ring.after(c.after)
+	for ; i < h.ring.len() && c.inflight.Load() < c.limit; i++ {
+		if !h.offer(c, h.ring.at(i)) {
+			h.drop(c)
+			h.mu.Unlock()
+			h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+			return
+		}
+	}
+	if i == h.ring.len() {
+		c.lagging.Store(false) // caught up: live pushes resume
+	}
+	h.mu.Unlock()
 }
 
 func (h *Hub) kick(c *client, code int, reason string) {
@@ -276,9 +354,8 @@ func (h *Hub) check(ctx context.Context, p notify.Position) string {
 
 // Detach unsubscribes c.
 func (h *Hub) Detach(c *client) {
-	c.gone.Store(true)
 	h.mu.Lock()
-	delete(h.clients, c)
+	h.drop(c)
 	h.mu.Unlock()
 }
 

@@ -54,7 +54,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	sk := &sseSink{q: make(chan *entry, t.queue), gone: make(chan struct{})}
-	c := &client{sink: sk, types: types}
+	c := &client{sink: sk, types: types, limit: int32(t.queue)}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	if err := t.hub.Attach(ctx, c, last, from, out); err != nil {
@@ -82,10 +82,12 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		case e := <-sk.q:
 			// Write what is queued, then flush once.
+			refill := false
 			for more := true; more; {
 				if out.write(e.sse) != nil {
 					return
 				}
+				refill = c.sent() || refill
 				select {
 				case e = <-sk.q:
 				default:
@@ -94,6 +96,9 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			if out.flush() != nil {
 				return
+			}
+			if refill {
+				t.hub.refill(c)
 			}
 		}
 		beat.Reset(t.heartbeat)

@@ -27,15 +27,23 @@ type wsTransport struct {
 	log          *slog.Logger
 	m            *melody.Melody
 	writeTimeout time.Duration
+	queue        int32
 }
+
+// controlMargin is room in a session's queue beyond the events' credit.
+const controlMargin = 8
 
 func newWS(hub *Hub, logger *slog.Logger, opt Options) *wsTransport {
 	t := &wsTransport{hub: hub, log: logger, m: melody.New(), writeTimeout: opt.WriteTimeout}
-	t.m.Config.MessageBufferSize = opt.SendQueue
+	// The hub never queues more than SendQueue events (see client); the
+	// margin is for the transport's own frames.
+	t.m.Config.MessageBufferSize = opt.SendQueue + controlMargin
+	t.queue = int32(opt.SendQueue)
 	t.m.Config.WriteWait = opt.WriteTimeout
 	t.m.HandleConnect(t.connect)
 	t.m.HandleDisconnect(t.disconnect)
 	t.m.HandleError(t.error)
+	t.m.HandleSentMessage(t.sent)
 	t.m.HandleMessage(func(*melody.Session, []byte) {}) // client messages carry nothing yet
 	return t
 }
@@ -59,7 +67,7 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // writer: the replay is written here, directly and synchronously, while live
 // events wait in the session queue behind it.
 func (t *wsTransport) connect(s *melody.Session) {
-	c := &client{sink: &wsSink{s: s, timeout: t.writeTimeout}}
+	c := &client{sink: &wsSink{s: s, timeout: t.writeTimeout}, limit: t.queue}
 	s.Set(keyClient, c)
 	last, _ := s.Get(keyLast)
 	from, _ := s.Get(keyFrom)
@@ -79,6 +87,14 @@ func (t *wsTransport) connect(s *melody.Session) {
 func (t *wsTransport) disconnect(s *melody.Session) {
 	if c, ok := s.Get(keyClient); ok {
 		t.hub.Detach(c.(*client))
+	}
+}
+
+// sent runs on the session's writer after each text frame: the credit
+// comes back, and a lagging client pulls its next events from the window.
+func (t *wsTransport) sent(s *melody.Session, _ []byte) {
+	if c, ok := s.Get(keyClient); ok && c.(*client).sent() {
+		t.hub.refill(c.(*client))
 	}
 }
 

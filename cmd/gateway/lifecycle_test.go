@@ -277,7 +277,7 @@ func TestSlowClientIsDisconnectedWithoutGap(t *testing.T) {
 	db := newTestDB(t)
 	// The slow client must start reading before a blocked write times out;
 	// a generous write timeout keeps that true on a loaded machine.
-	g := startGateway(t, db, "GATEWAY_SEND_QUEUE=4", "GATEWAY_WRITE_TIMEOUT=30s")
+	g := startGateway(t, db, "GATEWAY_SEND_QUEUE=4", "GATEWAY_REPLAY_EVENTS=16", "GATEWAY_WRITE_TIMEOUT=30s")
 	healthy := dialWS(t, g, "")
 	slow := dialSlowWS(t, g)
 	clients := func() any { _, body, _ := getJSON(g.base + "/readyz"); return body["clients"] }
@@ -285,16 +285,12 @@ func TestSlowClientIsDisconnectedWithoutGap(t *testing.T) {
 
 	// A small first event lands in the slow client's socket buffer, so its
 	// prefix is never empty; big ones then fill the kernel buffers on both
-	// sides, block melody's writer and overflow its 4-message queue. How
-	// many that takes depends on the kernel's buffer sizes (about 25 of
-	// 200 KB here), so the test commits until the hub has dropped the slow
-	// client, then a few more for the resume to fetch.
-	//
-	// Each commit waits until the healthy client has its event: the hub
-	// publishes whatever the follower read in one go, so several commits
-	// landing in one read would overflow a 4-message queue however fast the
-	// client reads (see the report). One event per read isolates what is
-	// tested here: the slow client's queue is the only one that fills.
+	// sides, block melody's writer and use up the client's 4 frames of
+	// credit, so it lags; once it is more than the 16-event window behind,
+	// the hub disconnects it. How many events that takes depends on the
+	// kernel's buffer sizes, so the test commits until the hub has dropped
+	// the slow client, then a few more for the resume to fetch. Each commit
+	// waits for the healthy client, which tells when to look.
 	db.exec(t, `INSERT INTO articles (name) VALUES ('start')`)
 	all := []frame{healthy.next(t, 10*time.Second)}
 	if all[0].Type != "article_created" {

@@ -226,3 +226,32 @@ func jsonEqual(t testing.TB, a json.RawMessage, b string) bool {
 	ya, _ := json.Marshal(y)
 	return string(xa) == string(ya)
 }
+
+// A statement far larger than a connection's queue reaches fast clients in
+// full, without disconnecting them: they pull the burst from the window.
+func TestBurstLargerThanQueue(t *testing.T) {
+	t.Parallel()
+	db := newTestDB(t)
+	g := startGateway(t, db, "GATEWAY_SEND_QUEUE=4")
+	ws := dialWS(t, g, "")
+	sse := dialSSE(t, g, "", nil)
+
+	const n = 2000
+	db.exec(t, `INSERT INTO facts (amount, fact_date) SELECT i, '2026-01-02' FROM generate_series(0, $1 - 1) i`, n)
+	db.exec(t, `INSERT INTO articles (name) VALUES ('after the burst')`)
+	got := ws.take(t, n+1)
+	for i, f := range got[:n] {
+		if f.Type != "budget_fact_created" || f.field(t, "amount") != float64(i) {
+			t.Fatalf("websocket frame %d: %s amount %v", i, f.Type, f.field(t, "amount"))
+		}
+	}
+	if got[n].Type != "article_created" {
+		t.Fatalf("websocket frame %d: %s, want the marker", n, got[n].Type)
+	}
+	evs := sse.take(t, n+1)
+	for i, ev := range evs {
+		if ev.ID != got[i].ID {
+			t.Fatalf("SSE event %d: id %s, want %s", i, ev.ID, got[i].ID)
+		}
+	}
+}
