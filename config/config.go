@@ -24,7 +24,7 @@ type Config struct {
 	ReplayEvents int           `env:"GATEWAY_REPLAY_EVENTS" envDefault:"10000" help:"Events kept in memory for resuming clients; older positions are read from the event log table."`
 	MaxRowBytes  int           `env:"GATEWAY_MAX_ROW_BYTES" envDefault:"1048576" help:"Largest row (as JSON) sent in full; a larger one is sent as its primary key with \"truncated\": true."`
 	PollInterval time.Duration `env:"GATEWAY_POLL_INTERVAL" envDefault:"2s" help:"Safety poll of the event log, in case a notification is missed (NOTIFY is only a doorbell)."`
-	SendQueue    int           `env:"GATEWAY_SEND_QUEUE" envDefault:"256" help:"Messages queued per connection; a client that lets it fill is disconnected as too slow and resumes from its last id."`
+	SendQueue    int           `env:"GATEWAY_SEND_QUEUE" envDefault:"256" help:"Frames queued per connection. A client whose queue is full pulls the next events from the replay window as it drains; one that falls out of the window is disconnected (close code 4008) and resumes from its last id."`
 	WriteTimeout time.Duration `env:"GATEWAY_WRITE_TIMEOUT" envDefault:"10s" help:"Deadline for one write to a client socket."`
 	Heartbeat    time.Duration `env:"GATEWAY_SSE_HEARTBEAT" envDefault:"15s" help:"Interval of SSE heartbeat comments when no event is sent."`
 	Shutdown     time.Duration `env:"GATEWAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"How long SIGTERM waits for connections to close before exiting anyway."`
