@@ -19,7 +19,15 @@ import (
 type Config struct {
 	DatabaseURL string `env:"DATABASE_URL,notEmpty" help:"PostgreSQL connection URL (required). The gateway reads the event log and LISTENs with it."`
 	Addr        string `env:"GATEWAY_ADDR" envDefault:":8080" help:"Address the HTTP server listens on."`
-	Track       string `env:"GATEWAY_TRACK" envDefault:"facts:budget_fact,articles:article" help:"Tables 'gateway migrate' tracks, as table:prefix[:col|col...] separated by commas. Events are <prefix>_created, _updated, _deleted; the optional columns limit what events carry (the primary key is always sent)."`
+	Track       string `env:"GATEWAY_TRACK" envDefault:"facts:budget_fact,articles:article" help:"Tables 'gateway migrate' tracks: table:prefix[:columns[:batch_event/key]] separated by commas. Events are <prefix>_created, _updated, _deleted; a {column} in the prefix takes that column's value; columns (col|col|key=setting.name, * for all) limit what events carry (the primary key is always sent). See \"Tracking tables\"."`
+
+	JWTSecret      string        `env:"GATEWAY_JWT_SECRET" help:"The backend's JWT_SECRET (HS256). WebSockets need ?token= (type ws); other routes the access_token cookie or a Bearer token. Required unless GATEWAY_INSECURE_NO_AUTH=true." secret:"true"`
+	InsecureNoAuth bool          `env:"GATEWAY_INSECURE_NO_AUTH" envDefault:"false" help:"Run without authentication: anyone who reaches the gateway reads every event. For demos and tests only."`
+	UserActiveSQL  string        `env:"GATEWAY_USER_ACTIVE_SQL" help:"Optional query, given the user id as $1, that must return true for the user to connect, e.g. SELECT is_active FROM t_d_user WHERE id = $1."`
+	MintWSToken    bool          `env:"GATEWAY_MINT_WS_TOKEN" envDefault:"false" help:"Also serve POST /api/v1/budget/ws/token (a 5-minute WebSocket token for the access_token cookie's user), for deployments that route it to the gateway."`
+	MaxConnsUser   int           `env:"GATEWAY_MAX_CONNECTIONS_PER_USER" envDefault:"10" help:"WebSocket connections per user on one gateway; more are refused with 403."`
+	MaxConns       int           `env:"GATEWAY_MAX_CONNECTIONS" envDefault:"500" help:"WebSocket connections in total on one gateway; more are refused with 403."`
+	PingInterval   time.Duration `env:"GATEWAY_PING_INTERVAL" envDefault:"10s" help:"Interval of the {\"type\":\"ping\"} frame on WebSockets (the app's client marks a link stale after 45 s of silence)."`
 
 	ReplayEvents int           `env:"GATEWAY_REPLAY_EVENTS" envDefault:"10000" help:"Events kept in memory for resuming clients; older positions are read from the event log table."`
 	MaxRowBytes  int           `env:"GATEWAY_MAX_ROW_BYTES" envDefault:"1048576" help:"Largest row (as JSON) sent in full; a larger one is sent as its primary key with \"truncated\": true."`
@@ -32,11 +40,15 @@ type Config struct {
 	LogFormat    string        `env:"GATEWAY_LOG_FORMAT" envDefault:"auto" help:"Log format: json, text, or auto (text on a terminal, JSON otherwise)."`
 }
 
-// Track is one table to track and the prefix of its event names.
+// Track is one table to track and how its events are named and shaped (see
+// rtgw.track in sql/install.sql).
 type Track struct {
-	Table   string
-	Prefix  string
-	Columns []string // nil: every column
+	Table      string
+	Prefix     string            // may hold one {column}, whose value it takes
+	Columns    []string          // nil: every column
+	Settings   map[string]string // data key -> transaction-local setting
+	BatchEvent string            // event of a DELETE of several rows; "" for one per row
+	BatchKey   string            // its key for the list of ids
 }
 
 // Load reads the settings from environ (as os.Environ gives them) and
@@ -57,6 +69,9 @@ func (c Config) validate() error {
 	if _, err := ParseTrack(c.Track); err != nil {
 		errs = append(errs, err)
 	}
+	if c.MaxConnsUser < 1 || c.MaxConns < 1 {
+		errs = append(errs, fmt.Errorf("GATEWAY_MAX_CONNECTIONS_PER_USER and GATEWAY_MAX_CONNECTIONS must be at least 1, got %d and %d", c.MaxConnsUser, c.MaxConns))
+	}
 	if c.ReplayEvents < 1 {
 		errs = append(errs, fmt.Errorf("GATEWAY_REPLAY_EVENTS must be at least 1, got %d", c.ReplayEvents))
 	}
@@ -68,7 +83,7 @@ func (c Config) validate() error {
 	}
 	for name, d := range map[string]time.Duration{
 		"GATEWAY_POLL_INTERVAL": c.PollInterval, "GATEWAY_WRITE_TIMEOUT": c.WriteTimeout,
-		"GATEWAY_SSE_HEARTBEAT": c.Heartbeat, "GATEWAY_SHUTDOWN_TIMEOUT": c.Shutdown,
+		"GATEWAY_SSE_HEARTBEAT": c.Heartbeat, "GATEWAY_SHUTDOWN_TIMEOUT": c.Shutdown, "GATEWAY_PING_INTERVAL": c.PingInterval,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", name, d))
@@ -82,14 +97,36 @@ func (c Config) validate() error {
 	return errors.Join(errs...)
 }
 
+// ErrNoAuth: serving needs a JWT secret or an explicit opt-out.
+var ErrNoAuth = errors.New("GATEWAY_JWT_SECRET is not set: set it to the backend's JWT_SECRET, or set GATEWAY_INSECURE_NO_AUTH=true to serve every event to anyone who connects")
+
+// CheckServe validates what only serving needs (migrate has no use for the
+// JWT secret).
+func (c Config) CheckServe() error {
+	if c.JWTSecret == "" && !c.InsecureNoAuth {
+		return ErrNoAuth
+	}
+	return nil
+}
+
 var (
-	identRe  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
-	prefixRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	columnRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+	identRe   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`)
+	prefixRe  = regexp.MustCompile(`^([A-Za-z_]|\{[A-Za-z_][A-Za-z0-9_]*\})([A-Za-z0-9_]|\{[A-Za-z_][A-Za-z0-9_]*\})*$`)
+	nameRe    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	columnRe  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+	settingRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$`)
 )
 
-// ParseTrack parses a GATEWAY_TRACK value such as
-// "facts:budget_fact,articles:article:id|name".
+// ParseTrack parses a GATEWAY_TRACK value: entries separated by commas, each
+//
+//	table:prefix[:columns[:batch_event/batch_key]]
+//
+// where prefix may hold one {column} (its value names the event), columns is
+// a |-separated whitelist whose items are column names, * (every column), or
+// key=setting.name (a data key from a transaction-local setting), e.g.
+//
+//	facts:budget_fact,articles:article
+//	t_f_budget_fact:{record_type}:id|amount|tab_origin_id=budget.tab_origin_id:facts_batch_deleted/fact_ids
 func ParseTrack(s string) ([]Track, error) {
 	var out []Track
 	seen := map[string]bool{}
@@ -99,23 +136,50 @@ func ParseTrack(s string) ([]Track, error) {
 			continue
 		}
 		parts := strings.Split(item, ":")
-		if len(parts) < 2 || len(parts) > 3 {
-			return nil, fmt.Errorf("GATEWAY_TRACK: %q is not table:prefix[:col|col]", item)
+		if len(parts) < 2 || len(parts) > 4 {
+			return nil, fmt.Errorf("GATEWAY_TRACK: %q is not table:prefix[:columns[:batch_event/key]]", item)
 		}
 		t := Track{Table: parts[0], Prefix: parts[1]}
 		if !identRe.MatchString(t.Table) {
 			return nil, fmt.Errorf("GATEWAY_TRACK: %q is not a table name", t.Table)
 		}
-		if !prefixRe.MatchString(t.Prefix) {
-			return nil, fmt.Errorf("GATEWAY_TRACK: prefix %q must be letters, digits and _", t.Prefix)
+		if !prefixRe.MatchString(t.Prefix) || strings.Count(t.Prefix, "{") > 1 {
+			return nil, fmt.Errorf("GATEWAY_TRACK: prefix %q must be letters, digits and _ (not first), with at most one {column}", t.Prefix)
 		}
-		if len(parts) == 3 {
+		if len(parts) >= 3 {
+			all := false
 			for col := range strings.SplitSeq(parts[2], "|") {
+				if k, v, ok := strings.Cut(col, "="); ok {
+					if !nameRe.MatchString(k) || !settingRe.MatchString(v) {
+						return nil, fmt.Errorf("GATEWAY_TRACK: %q is not key=setting.name", col)
+					}
+					if t.Settings == nil {
+						t.Settings = map[string]string{}
+					}
+					t.Settings[k] = v
+					continue
+				}
+				if col == "*" {
+					all = true
+					continue
+				}
 				if !columnRe.MatchString(col) {
 					return nil, fmt.Errorf("GATEWAY_TRACK: %q is not a column name", col)
 				}
 				t.Columns = append(t.Columns, col)
 			}
+			if all {
+				t.Columns = nil
+			} else if t.Columns == nil {
+				return nil, fmt.Errorf("GATEWAY_TRACK: %q lists no column; use * for every column", item)
+			}
+		}
+		if len(parts) == 4 {
+			ev, key, _ := strings.Cut(parts[3], "/")
+			if !nameRe.MatchString(ev) || (key != "" && !nameRe.MatchString(key)) {
+				return nil, fmt.Errorf("GATEWAY_TRACK: %q is not batch_event[/key]", parts[3])
+			}
+			t.BatchEvent, t.BatchKey = ev, key
 		}
 		if seen[t.Table] {
 			return nil, fmt.Errorf("GATEWAY_TRACK: table %q listed twice", t.Table)

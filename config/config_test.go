@@ -18,6 +18,9 @@ func TestLoadDefaults(t *testing.T) {
 		DatabaseURL:  "postgres://db/app",
 		Addr:         ":8080",
 		Track:        "facts:budget_fact,articles:article",
+		MaxConnsUser: 10,
+		MaxConns:     500,
+		PingInterval: 10 * time.Second,
 		ReplayEvents: 10000,
 		MaxRowBytes:  1 << 20,
 		PollInterval: 2 * time.Second,
@@ -56,23 +59,35 @@ func TestLoadOverrides(t *testing.T) {
 		"GATEWAY_SHUTDOWN_TIMEOUT=1h",
 		"GATEWAY_LOG_LEVEL=debug",
 		"GATEWAY_LOG_FORMAT=text",
+		"GATEWAY_JWT_SECRET=s3cret",
+		"GATEWAY_USER_ACTIVE_SQL=SELECT true",
+		"GATEWAY_MINT_WS_TOKEN=true",
+		"GATEWAY_MAX_CONNECTIONS_PER_USER=2",
+		"GATEWAY_MAX_CONNECTIONS=3",
+		"GATEWAY_PING_INTERVAL=1s",
 	})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
 	want := Config{
-		DatabaseURL:  "postgres://db/app",
-		Addr:         "127.0.0.1:9000",
-		Track:        "public.facts:fact:amount|fact_date",
-		ReplayEvents: 1,
-		MaxRowBytes:  64,
-		PollInterval: 250 * time.Millisecond,
-		SendQueue:    1,
-		WriteTimeout: time.Minute,
-		Heartbeat:    50 * time.Millisecond,
-		Shutdown:     time.Hour,
-		LogLevel:     slog.LevelDebug,
-		LogFormat:    "text",
+		DatabaseURL:   "postgres://db/app",
+		Addr:          "127.0.0.1:9000",
+		Track:         "public.facts:fact:amount|fact_date",
+		JWTSecret:     "s3cret",
+		UserActiveSQL: "SELECT true",
+		MintWSToken:   true,
+		MaxConnsUser:  2,
+		MaxConns:      3,
+		PingInterval:  time.Second,
+		ReplayEvents:  1,
+		MaxRowBytes:   64,
+		PollInterval:  250 * time.Millisecond,
+		SendQueue:     1,
+		WriteTimeout:  time.Minute,
+		Heartbeat:     50 * time.Millisecond,
+		Shutdown:      time.Hour,
+		LogLevel:      slog.LevelDebug,
+		LogFormat:     "text",
 	}
 	if got != want {
 		t.Fatalf("overrides:\n got %+v\nwant %+v", got, want)
@@ -158,6 +173,11 @@ func TestParseTrack(t *testing.T) {
 	}{
 		{"", nil},
 		{" , ,", nil},
+		{"t_f_budget_fact:{record_type}:id|amount|tab_origin_id=budget.tab_origin_id:facts_batch_deleted/fact_ids", []Track{{
+			Table: "t_f_budget_fact", Prefix: "{record_type}", Columns: []string{"id", "amount"},
+			Settings: map[string]string{"tab_origin_id": "budget.tab_origin_id"}, BatchEvent: "facts_batch_deleted", BatchKey: "fact_ids"}}},
+		{"facts:fact:*|tab=app.tab:gone", []Track{{Table: "facts", Prefix: "fact",
+			Settings: map[string]string{"tab": "app.tab"}, BatchEvent: "gone"}}},
 		{"facts:budget_fact", []Track{{Table: "facts", Prefix: "budget_fact"}}},
 		{" facts:budget_fact , articles:article ,", []Track{
 			{Table: "facts", Prefix: "budget_fact"}, {Table: "articles", Prefix: "article"}}},
@@ -182,7 +202,10 @@ func TestParseTrack(t *testing.T) {
 	}{
 		{"facts", `"facts" is not table:prefix`},
 		{"facts:budget_fact,articles", `"articles" is not table:prefix`},
-		{"facts:f:id:x", `"facts:f:id:x" is not table:prefix`},
+		{"facts:f:id:x:y", `"facts:f:id:x:y" is not table:prefix`},
+		{"facts:f:id:bad-event", `"bad-event" is not batch_event`},
+		{"facts:f:tab=nodot", `"tab=nodot" is not key=setting.name`},
+		{"facts:{a}x{b}", `at most one {column}`},
 		{"facts:", `prefix ""`},
 		{":f", `"" is not a table name`},
 		{"fa-cts:f", `"fa-cts" is not a table name`},

@@ -2,40 +2,38 @@ package config
 
 import (
 	"os"
-	"reflect"
 	"strings"
 	"testing"
 )
 
-// The README's settings table must list every variable, with its default,
-// so the front door never drifts from the code.
+// The README's settings table is MarkdownTable's output, so the front door
+// never drifts from the code. Regenerate it with
+// GATEWAY_UPDATE_README=1 go test ./config -run README.
 func TestREADMEListsEverySetting(t *testing.T) {
 	t.Parallel()
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatalf("read README: %v", err)
 	}
-	rows := map[string]string{}
-	for line := range strings.SplitSeq(string(readme), "\n") {
-		cells := strings.Split(line, "|")
-		if len(cells) > 3 && strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
-			rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = strings.Trim(strings.TrimSpace(cells[2]), "`")
-		}
+	table := MarkdownTable()
+	start := strings.Index(string(readme), "| variable | default | meaning |")
+	if start < 0 {
+		t.Fatalf("README has no settings table")
 	}
-	typ := reflect.TypeFor[Config]()
-	for i := range typ.NumField() {
-		f := typ.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-		def, ok := rows[name]
-		if !ok {
-			t.Errorf("README has no row for %s", name)
-			continue
+	end := start + strings.Index(string(readme[start:]), "\n\n") + 1
+	if got := string(readme[start:end]); got != table {
+		if os.Getenv("GATEWAY_UPDATE_README") != "" {
+			updated := string(readme[:start]) + table + string(readme[end:])
+			if err := os.WriteFile("../README.md", []byte(updated), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
 		}
-		if want := f.Tag.Get("envDefault"); want != "" && def != want {
-			t.Errorf("README default of %s is %q, code says %q", name, def, want)
-		}
-		if f.Tag.Get("help") == "" {
-			t.Errorf("field %s has no help tag", f.Name)
+		t.Fatalf("README settings table is out of date; run GATEWAY_UPDATE_README=1 go test ./config -run README\n got:\n%s\nwant:\n%s", got, table)
+	}
+	for _, s := range Settings() {
+		if s.Help == "" || s.Var == "" {
+			t.Errorf("setting %+v lacks a variable or help text", s)
 		}
 	}
 }

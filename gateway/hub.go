@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,11 +98,12 @@ type Hub struct {
 	head    notify.Position
 	clients map[*client]struct{}
 	kicks   sync.WaitGroup
+	changed chan struct{} // closed and replaced by each Publish, for long-polls
 }
 
 // NewHub returns a hub keeping window events in memory.
 func NewHub(logger *slog.Logger, logs Log, window int) *Hub {
-	return &Hub{log: logger, logs: logs, ring: newRing(window), clients: map[*client]struct{}{}}
+	return &Hub{log: logger, logs: logs, ring: newRing(window), clients: map[*client]struct{}{}, changed: make(chan struct{})}
 }
 
 // Load sets the replay window from the newest events of the log (oldest
@@ -167,6 +169,8 @@ func (h *Hub) Publish(evs []notify.Event) {
 			}
 		}
 	}
+	close(h.changed)
+	h.changed = make(chan struct{})
 	h.mu.Unlock()
 	for _, c := range slow {
 		h.log.Info("disconnecting slow client", "code", CloseSlow)
@@ -191,6 +195,48 @@ func (h *Hub) offer(c *client, e *entry) bool {
 	}
 	c.after = e.Pos
 	return true
+}
+
+// kickSlow disconnects c as slow (its transport could not queue a frame).
+func (h *Hub) kickSlow(c *client) {
+	h.mu.Lock()
+	_, ok := h.clients[c]
+	h.drop(c)
+	h.mu.Unlock()
+	if ok {
+		h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+	}
+}
+
+// since returns up to limit events committed after t, from the window, for
+// the long-poll. serverTime is where the next poll should start: the commit
+// time of the last event returned, else of the head (commit times increase
+// with commit order, so nothing committed later can be at or before it).
+// changed is closed by the next Publish.
+func (h *Hub) since(t time.Time, limit int) (evs []*entry, serverTime float64, changed <-chan struct{}, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case h.closing:
+		return nil, 0, nil, errClosing
+	case !h.loaded:
+		return nil, 0, nil, errNotReady
+	}
+	// With nothing published yet, 0: every future event is after it. Never
+	// the client's own since: its clock may run ahead of the database's.
+	serverTime = 0
+	if h.ring.len() > 0 {
+		serverTime = unixSeconds(h.ring.at(h.ring.len() - 1).Time)
+		micros := t.UnixMicro()
+		i := sort.Search(h.ring.len(), func(i int) bool { return h.ring.at(i).Time.UnixMicro() > micros })
+		for ; i < h.ring.len() && len(evs) < limit; i++ {
+			evs = append(evs, h.ring.at(i))
+		}
+		if len(evs) > 0 {
+			serverTime = unixSeconds(evs[len(evs)-1].Time)
+		}
+	}
+	return evs, serverTime, h.changed, nil
 }
 
 // drop removes c from the fan-out. Call with h.mu held.

@@ -12,17 +12,24 @@ import (
 
 // Options are the gateway's tunables (see config.Config for their meaning).
 type Options struct {
-	Window       int           // events kept in memory for replay
-	SendQueue    int           // messages queued per connection
-	WriteTimeout time.Duration // deadline of one socket write
-	Heartbeat    time.Duration // SSE heartbeat interval
+	Auth            *Auth         // nil or no secret: open
+	MintWSToken     bool          // serve POST /ws/token from the cookie
+	Window          int           // events kept in memory for replay
+	SendQueue       int           // frames queued per connection
+	WriteTimeout    time.Duration // deadline of one socket write
+	Heartbeat       time.Duration // SSE heartbeat interval
+	PingInterval    time.Duration // WebSocket {"type":"ping"} interval
+	MaxConnsPerUser int           // WebSocket connections per user; 0: no limit
+	MaxConns        int           // WebSocket connections in total; 0: no limit
 }
 
 // Server owns the hub and the HTTP routes.
 type Server struct {
 	hub   *Hub
+	opt   Options
 	ws    *wsTransport
 	sse   *sseTransport
+	poll  *pollTransport
 	done  chan struct{}
 	ready func() error
 	log   *slog.Logger
@@ -31,12 +38,25 @@ type Server struct {
 // New builds a server. ready reports why the event source is not ready (nil
 // when it is); /readyz answers with it.
 func New(logger *slog.Logger, logs Log, ready func() error, opt Options) *Server {
+	if opt.Auth == nil {
+		opt.Auth = &Auth{}
+	}
 	hub := NewHub(logger, logs, opt.Window)
-	s := &Server{hub: hub, done: make(chan struct{}), ready: ready, log: logger}
+	s := &Server{hub: hub, opt: opt, done: make(chan struct{}), ready: ready, log: logger}
 	s.ws = newWS(hub, logger, opt)
-	s.sse = &sseTransport{hub: hub, log: logger, queue: opt.SendQueue, heartbeat: opt.Heartbeat,
+	s.sse = &sseTransport{hub: hub, auth: opt.Auth, log: logger, queue: opt.SendQueue, heartbeat: opt.Heartbeat,
 		writeTimeout: opt.WriteTimeout, done: s.done}
+	s.poll = &pollTransport{hub: hub, auth: opt.Auth, log: logger, done: s.done}
 	return s
+}
+
+// Run runs the server's timers (the WebSocket ping) until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if s.opt.PingInterval > 0 {
+		s.ws.pinger(ctx, s.opt.PingInterval)
+	}
+	<-ctx.Done()
+	return nil
 }
 
 // Hub returns the server's hub, which the event source publishes to.
@@ -46,6 +66,12 @@ func (s *Server) Hub() *Hub { return s.hub }
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/budget/ws", s.ws)
+	mux.HandleFunc("GET /api/v1/budget/ws/status", s.ws.status)
+	mux.HandleFunc("POST /api/v1/budget/ws/disconnect", s.ws.disconnectConn)
+	if s.opt.MintWSToken {
+		mux.HandleFunc("POST /api/v1/budget/ws/token", s.mint)
+	}
+	mux.Handle("GET /api/v1/budget/poll", s.poll)
 	mux.Handle("GET /api/v1/budget/events", s.sse)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
@@ -73,6 +99,22 @@ func (s *Server) Close(ctx context.Context) {
 	close(s.done)
 	s.hub.Close(ctx)
 	_ = s.ws.m.CloseWithMsg(closeMessage(CloseGoingAway, "server shutting down")) // sessions not yet attached
+}
+
+// mint answers POST /ws/token as the backend does: a 5-minute WebSocket
+// token for the user of the access cookie.
+func (s *Server) mint(w http.ResponseWriter, r *http.Request) {
+	u, err := s.opt.Auth.Request(r)
+	if err != nil || s.opt.Auth.Open() {
+		unauthorized(w)
+		return
+	}
+	token, err := s.opt.Auth.MintWS(u, 5*time.Minute)
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"detail": "could not sign a token"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"token": token})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -13,6 +13,7 @@ import (
 // sseTransport serves the operators' event stream as Server-Sent Events.
 type sseTransport struct {
 	hub          *Hub
+	auth         *Auth
 	log          *slog.Logger
 	queue        int
 	heartbeat    time.Duration
@@ -21,6 +22,17 @@ type sseTransport struct {
 }
 
 func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Operators authenticate like the app's pages (cookie or Bearer), or
+	// with a WebSocket token in ?token= where neither can be sent.
+	if _, err := t.auth.Request(r); err != nil {
+		if tok := r.URL.Query().Get("token"); tok == "" {
+			unauthorized(w)
+			return
+		} else if _, err := t.auth.WSToken(r.Context(), tok); err != nil {
+			unauthorized(w)
+			return
+		}
+	}
 	from, err := t.hub.Head()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)

@@ -8,47 +8,69 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 
 	"github.com/budget-rt/gateway/notify"
 )
 
-// Session keys the WebSocket transport keeps on each melody session.
-const (
-	keyClient = "rtgw.client"
-	keyLast   = "rtgw.last"
-	keyFrom   = "rtgw.from"
-)
+// keyConn is the melody session key of the connection's *wsConn.
+const keyConn = "rtgw.conn"
+
+// wsConn is one WebSocket connection: who it is, and its hub client.
+type wsConn struct {
+	id     string // connection_id, for /ws/disconnect
+	user   User
+	client *client
+	s      *melody.Session
+	last   string          // ?last_event_id=
+	from   notify.Position // the head before the upgrade
+}
 
 // wsTransport serves the WebSocket endpoint with melody.
 type wsTransport struct {
 	hub          *Hub
+	auth         *Auth
 	log          *slog.Logger
 	m            *melody.Melody
+	conns        *registry
 	writeTimeout time.Duration
 	queue        int32
 }
 
-// controlMargin is room in a session's queue beyond the events' credit.
+// controlMargin is room in a session's queue beyond the events' credit, for
+// the transport's own frames (ping, pong, online_status).
 const controlMargin = 8
 
 func newWS(hub *Hub, logger *slog.Logger, opt Options) *wsTransport {
-	t := &wsTransport{hub: hub, log: logger, m: melody.New(), writeTimeout: opt.WriteTimeout}
-	// The hub never queues more than SendQueue events (see client); the
-	// margin is for the transport's own frames.
+	perUser := opt.MaxConnsPerUser
+	if opt.Auth.Open() {
+		perUser = 0 // everyone is user 0: only the total limit means anything
+	}
+	t := &wsTransport{hub: hub, auth: opt.Auth, log: logger, m: melody.New(), writeTimeout: opt.WriteTimeout,
+		conns: newRegistry(perUser, opt.MaxConns), queue: int32(opt.SendQueue)}
 	t.m.Config.MessageBufferSize = opt.SendQueue + controlMargin
-	t.queue = int32(opt.SendQueue)
 	t.m.Config.WriteWait = opt.WriteTimeout
+	t.m.Config.MaxMessageSize = 4096
 	t.m.HandleConnect(t.connect)
 	t.m.HandleDisconnect(t.disconnect)
 	t.m.HandleError(t.error)
 	t.m.HandleSentMessage(t.sent)
-	t.m.HandleMessage(func(*melody.Session, []byte) {}) // client messages carry nothing yet
+	t.m.HandleMessage(t.message)
 	return t
 }
 
 func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Refusals happen before the upgrade, as HTTP 403: the app's client then
+	// sees a failed connection and retries with a fresh token. Accepting and
+	// closing with 4001 would stop it for good.
+	user, err := t.auth.WSToken(r.Context(), r.URL.Query().Get("token"))
+	if err != nil {
+		t.log.Info("websocket refused", "reason", err, "remote", r.RemoteAddr)
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	}
 	// The start position is taken before the upgrade: every event committed
 	// after the handshake completes is after it, so none can slip past while
 	// the connection is being set up.
@@ -57,44 +79,63 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	keys := map[string]any{keyLast: r.URL.Query().Get("last_event_id"), keyFrom: from}
-	if err := t.m.HandleRequestWithKeys(w, r, keys); err != nil {
+	c := &wsConn{id: uuid.NewString(), user: user, last: r.URL.Query().Get("last_event_id"), from: from}
+	if err := t.conns.reserve(c); err != nil {
+		t.log.Info("websocket refused", "reason", err, "user", user.ID)
+		http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
+		return
+	}
+	if err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyConn: c}); err != nil {
+		t.conns.release(c) // no session: the disconnect hook will not run
 		t.log.Debug("websocket upgrade", "err", err)
 	}
 }
 
+func connOf(s *melody.Session) *wsConn {
+	c, _ := s.Get(keyConn)
+	wc, _ := c.(*wsConn)
+	return wc
+}
+
 // connect runs after the upgrade and before melody starts the session's
-// writer: the replay is written here, directly and synchronously, while live
-// events wait in the session queue behind it.
+// writer: the connected frame and the replay are written here, directly and
+// synchronously, while live events wait in the session queue behind them.
 func (t *wsTransport) connect(s *melody.Session) {
-	c := &client{sink: &wsSink{s: s, timeout: t.writeTimeout}, limit: t.queue}
-	s.Set(keyClient, c)
-	last, _ := s.Get(keyLast)
-	from, _ := s.Get(keyFrom)
-	ctx, cancel := context.WithCancel(s.Request.Context())
-	defer cancel()
-	err := t.hub.Attach(ctx, c, last.(string), from.(notify.Position), wsEmitter{s: s, timeout: t.writeTimeout})
+	c := connOf(s)
+	c.s = s
+	c.client = &client{sink: &wsSink{s: s, timeout: t.writeTimeout}, limit: t.queue}
+	t.conns.attach(c)
+	out := wsEmitter{s: s, timeout: t.writeTimeout}
+	err := out.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))
+	if err == nil {
+		ctx, cancel := context.WithCancel(s.Request.Context())
+		defer cancel()
+		err = t.hub.Attach(ctx, c.client, c.last, c.from, out)
+	}
 	if err != nil {
 		code := websocket.CloseInternalServerErr
 		if errors.Is(err, errClosing) {
 			code = CloseGoingAway
 		}
-		c.sink.close(code, "could not attach: retry with your last id")
+		c.client.sink.close(code, "could not attach: retry with your last id")
 		t.log.Debug("websocket attach", "err", err)
 	}
 }
 
 func (t *wsTransport) disconnect(s *melody.Session) {
-	if c, ok := s.Get(keyClient); ok {
-		t.hub.Detach(c.(*client))
+	if c := connOf(s); c != nil {
+		if c.client != nil {
+			t.hub.Detach(c.client)
+		}
+		t.conns.release(c)
 	}
 }
 
 // sent runs on the session's writer after each text frame: the credit
 // comes back, and a lagging client pulls its next events from the window.
 func (t *wsTransport) sent(s *melody.Session, _ []byte) {
-	if c, ok := s.Get(keyClient); ok && c.(*client).sent() {
-		t.hub.refill(c.(*client))
+	if c := connOf(s); c != nil && c.client.sent() {
+		t.hub.refill(c.client)
 	}
 }
 
@@ -102,9 +143,19 @@ func (t *wsTransport) error(s *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
 		// melody drops the message and goes on; we must not, or the client
 		// would see a gap. Mark the sink so the hub disconnects it.
-		if c, ok := s.Get(keyClient); ok {
-			c.(*client).sink.(*wsSink).full.Store(true)
+		if c := connOf(s); c != nil && c.client != nil {
+			c.client.sink.(*wsSink).full.Store(true)
 		}
+	}
+}
+
+// control queues one of the transport's own frames behind the events
+// already queued. It counts against the connection's credit like an event.
+func (t *wsTransport) control(c *wsConn, frame []byte) {
+	c.client.inflight.Add(1)
+	_ = c.s.Write(frame)
+	if c.client.sink.(*wsSink).full.Load() {
+		t.hub.kickSlow(c.client)
 	}
 }
 
@@ -141,7 +192,7 @@ func (k *wsSink) close(code int, reason string) {
 	_ = conn.Close()
 }
 
-// wsEmitter writes replay frames on the socket before melody's writer runs.
+// wsEmitter writes frames on the socket before melody's writer runs.
 type wsEmitter struct {
 	s       *melody.Session
 	timeout time.Duration

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/budget-rt/gateway/config"
 	"github.com/budget-rt/gateway/notify"
 	"github.com/budget-rt/gateway/notify/pgtest"
 )
@@ -70,7 +71,7 @@ func TestInstallConcurrentAndIdempotent(t *testing.T) {
 				return
 			}
 			defer conn.Close(context.Background())
-			errs <- notify.Install(context.Background(), conn, []notify.Track{{Table: "articles", Prefix: "article", Columns: []string{"name"}}})
+			errs <- notify.Install(context.Background(), conn, []config.Track{{Table: "articles", Prefix: "article", Columns: []string{"name"}}})
 		}()
 	}
 	wg.Wait()
@@ -108,7 +109,7 @@ CREATE TABLE ok (id int PRIMARY KEY)`)
 		{`SELECT rtgw.track('nokey', 'x')`, "no primary key"},
 		{`SELECT rtgw.track('p1', 'x')`, "is a partition"},
 		{`SELECT rtgw.track('ok', 'bad-prefix')`, "tracked_prefix_check"},
-		{`SELECT rtgw.track('ok', 'x', '{nope}')`, "has no column"},
+		{`SELECT rtgw.track('ok', 'x', '{nope}')`, "lacks a column"},
 		{`SELECT rtgw.track('missing', 'x')`, "does not exist"},
 	} {
 		_, err := conn.Exec(t.Context(), c.sql)
@@ -126,7 +127,7 @@ func TestCaptureWorksForUnprivilegedWriter(t *testing.T) {
 	admin := connect(t, url)
 	role := fmt.Sprintf("app_%d", time.Now().UnixNano()) // roles are per cluster, not per database
 	mustExec(t, admin, `CREATE TABLE facts (id serial PRIMARY KEY, amount bigint)`)
-	if err := notify.Install(t.Context(), admin, []notify.Track{{Table: "facts", Prefix: "fact"}}); err != nil {
+	if err := notify.Install(t.Context(), admin, []config.Track{{Table: "facts", Prefix: "fact"}}); err != nil {
 		t.Fatal(err)
 	}
 	mustExec(t, admin, `CREATE ROLE `+role+` LOGIN`)

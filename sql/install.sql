@@ -45,10 +45,32 @@ CREATE TABLE IF NOT EXISTS rtgw.event (
 -- Which tables are tracked, and how their events are named and shaped.
 CREATE TABLE IF NOT EXISTS rtgw.tracked (
     tbl     regclass PRIMARY KEY,
-    prefix  text     NOT NULL CHECK (prefix ~ '^[A-Za-z_][A-Za-z0-9_]*$'),
+    prefix  text     NOT NULL,
     columns text[],            -- NULL: every column; else only these (plus the key)
     pk      text[]   NOT NULL  -- primary key columns: what a delete carries
 );
+-- Added after the first release; IF NOT EXISTS keeps upgrades idempotent.
+ALTER TABLE rtgw.tracked
+    ADD COLUMN IF NOT EXISTS prefix_col  text,   -- the column named by {col} in prefix
+    ADD COLUMN IF NOT EXISTS settings    jsonb,  -- data key -> transaction-local setting
+    ADD COLUMN IF NOT EXISTS batch_event text,   -- event for a DELETE of several rows
+    ADD COLUMN IF NOT EXISTS batch_key   text;   -- its key for the list of ids
+ALTER TABLE rtgw.tracked DROP CONSTRAINT IF EXISTS tracked_prefix_check;
+ALTER TABLE rtgw.tracked ADD CONSTRAINT tracked_prefix_check
+    CHECK (prefix ~ '^([A-Za-z_]|\{[A-Za-z_][A-Za-z0-9_]*\})([A-Za-z0-9_]|\{[A-Za-z_][A-Za-z0-9_]*\})*$'
+           AND prefix !~ '\}.*\{');
+ALTER TABLE rtgw.tracked DROP CONSTRAINT IF EXISTS tracked_batch_check;
+ALTER TABLE rtgw.tracked ADD CONSTRAINT tracked_batch_check
+    CHECK (batch_event IS NULL OR batch_event ~ '^[A-Za-z_][A-Za-z0-9_]*$');
+
+-- event_type names an event: the prefix, with {col} replaced by the row's
+-- value of col (letters, digits and _ only), then the suffix.
+CREATE OR REPLACE FUNCTION rtgw.event_type(cfg rtgw.tracked, ph text, j jsonb, suffix text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT CASE WHEN cfg.prefix_col IS NULL THEN cfg.prefix
+                ELSE replace(cfg.prefix, ph, coalesce(regexp_replace(j ->> cfg.prefix_col, '[^A-Za-z0-9_]', '_', 'g'), ''))
+           END || suffix
+$fn$;
 
 -- capture runs once per statement on a tracked table (and on each of its
 -- partitions, for writes that name a partition directly). Working on the
@@ -61,6 +83,9 @@ DECLARE
     sample jsonb;
     keep   text[];
     drops  text[];
+    extra  jsonb := '{}';
+    ph     text;
+    suffix text := CASE TG_OP WHEN 'INSERT' THEN '_created' WHEN 'UPDATE' THEN '_updated' ELSE '_deleted' END;
 BEGIN
     SELECT * INTO cfg FROM rtgw.tracked WHERE tbl = TG_ARGV[0]::oid::regclass;
     IF NOT FOUND THEN
@@ -81,21 +106,47 @@ BEGIN
     END IF;
     drops := ARRAY(SELECT k FROM jsonb_object_keys(sample) AS k
                    WHERE keep IS NOT NULL AND k <> ALL (keep));
+    -- Values the backend set with SET LOCAL (its tab_origin_id, say); an
+    -- unset or reset setting reads as '' and is sent as null.
+    IF cfg.settings IS NOT NULL THEN
+        SELECT jsonb_object_agg(k, nullif(current_setting(v, true), '')) INTO extra
+        FROM jsonb_each_text(cfg.settings) AS s(k, v);
+    END IF;
+    ph := '{' || cfg.prefix_col || '}';
 
     INSERT INTO rtgw.tx (xid) VALUES (me) ON CONFLICT (xid) DO NOTHING;
 
-    IF TG_OP = 'INSERT' THEN
+    IF TG_OP = 'DELETE' AND cfg.batch_event IS NOT NULL THEN
+        -- (nested: old_rows may only be named where it exists)
+        IF (SELECT count(*) > 1 FROM old_rows) THEN
+        -- One event per 1,000 rows instead of one per row: a 10,000-row
+        -- DELETE costs 10 frames per socket. It lists the first key column
+        -- (the app's fact_ids) and the whole keys.
         INSERT INTO rtgw.event (xid, tbl, op, type, data)
-        SELECT me, cfg.tbl::text, 'I', cfg.prefix || '_created', to_jsonb(n) - drops FROM new_rows n;
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- A row moved to another partition is in here too: PostgreSQL runs it
-        -- as DELETE + INSERT on the partitions but reports it to the parent's
-        -- statement trigger as an UPDATE.
+        SELECT me, cfg.tbl::text, 'D', cfg.batch_event,
+               jsonb_build_object(coalesce(cfg.batch_key, 'ids'), jsonb_agg(j -> cfg.pk[1] ORDER BY ord),
+                                  'keys', jsonb_agg(j - drops ORDER BY ord),
+                                  'deleted_count', count(*)) || extra
+        FROM (SELECT to_jsonb(o) AS j, row_number() OVER () - 1 AS ord FROM old_rows o) r
+        GROUP BY ord / 1000
+        ORDER BY ord / 1000;
+        RETURN NULL;
+        END IF;
+    END IF;
+
+    -- A row moved to another partition is in the UPDATE's transition tables:
+    -- PostgreSQL runs it as DELETE + INSERT on the partitions but reports it
+    -- to the parent's statement trigger as an UPDATE, so it is one event.
+    -- The transition table a trigger does not have cannot even be named, so
+    -- DELETE reads old_rows and the others new_rows, through one projection.
+    IF TG_OP = 'DELETE' THEN
         INSERT INTO rtgw.event (xid, tbl, op, type, data)
-        SELECT me, cfg.tbl::text, 'U', cfg.prefix || '_updated', to_jsonb(n) - drops FROM new_rows n;
+        SELECT me, cfg.tbl::text, 'D', rtgw.event_type(cfg, ph, j, suffix), (j - drops) || extra
+        FROM (SELECT to_jsonb(r) AS j FROM old_rows r) rows;
     ELSE
         INSERT INTO rtgw.event (xid, tbl, op, type, data)
-        SELECT me, cfg.tbl::text, 'D', cfg.prefix || '_deleted', to_jsonb(o) - drops FROM old_rows o;
+        SELECT me, cfg.tbl::text, left(TG_OP, 1), rtgw.event_type(cfg, ph, j, suffix), (j - drops) || extra
+        FROM (SELECT to_jsonb(r) AS j FROM new_rows r) rows;
     END IF;
     RETURN NULL;
 END
@@ -108,11 +159,16 @@ $fn$;
 CREATE OR REPLACE FUNCTION rtgw.stamp() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    s bigint;
+    s    bigint;
+    prev timestamptz;
 BEGIN
     PERFORM pg_advisory_xact_lock(1920232, 2);
     s := nextval('rtgw.tx_seq');
-    UPDATE rtgw.tx SET seq = s, committed_at = clock_timestamp() WHERE xid = NEW.xid;
+    -- Commit times strictly increase with seq, even if the clock steps back:
+    -- the long-poll fallback pages by time, and must not skip a commit.
+    SELECT committed_at INTO prev FROM rtgw.tx WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1;
+    UPDATE rtgw.tx SET seq = s, committed_at = greatest(clock_timestamp(), prev + interval '1 microsecond')
+    WHERE xid = NEW.xid;
     -- NOTIFY is only a doorbell: the gateway reads the table. If no gateway
     -- drains the queue (stopped, paused), a full queue would make this COMMIT
     -- fail, so stop ringing well before that; the gateway's poll catches up.
@@ -134,14 +190,26 @@ END
 $do$;
 
 -- track starts (or re-configures) tracking of a table. Events are named
--- <prefix>_created, <prefix>_updated and <prefix>_deleted. columns, when
--- given, limits what created and updated events carry (the primary key is
--- always included). Re-run it after adding partitions that the application
--- writes to directly; writes through the parent are always captured.
-CREATE OR REPLACE FUNCTION rtgw.track(tbl regclass, prefix text, columns text[] DEFAULT NULL)
+-- <prefix>_created, <prefix>_updated and <prefix>_deleted; a prefix may take
+-- one column's value, as in '{record_type}' (fact_created, plan_created).
+--   columns      limits what created and updated events carry (the primary
+--                key is always included); NULL: every column.
+--   settings     adds data keys from transaction-local settings the backend
+--                may SET LOCAL, e.g. '{"tab_origin_id": "budget.tab_origin_id"}'.
+--   batch_event  names one event that a DELETE of several rows sends per
+--                1,000 rows instead of one per row, listing the first key
+--                column under batch_key (default 'ids') and the whole keys
+--                under 'keys', with 'deleted_count'.
+-- Re-run it after adding partitions that the application writes to
+-- directly; writes through the parent are always captured.
+DROP FUNCTION IF EXISTS rtgw.track(regclass, text, text[]);
+CREATE OR REPLACE FUNCTION rtgw.track(tbl regclass, prefix text, columns text[] DEFAULT NULL,
+                                      settings jsonb DEFAULT NULL, batch_event text DEFAULT NULL,
+                                      batch_key text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     key  text[];
+    col  text;
     part regclass;
     op   text;
 BEGIN
@@ -157,16 +225,25 @@ BEGIN
     IF cardinality(key) = 0 THEN
         RAISE EXCEPTION 'rtgw.track: % has no primary key; deletes could not say which row went', tbl;
     END IF;
-    IF columns IS NOT NULL AND EXISTS (
-        SELECT 1 FROM unnest(columns) c
-        WHERE NOT EXISTS (SELECT 1 FROM pg_attribute
+    col := substring(prefix FROM '\{([A-Za-z_][A-Za-z0-9_]*)\}');
+    IF EXISTS (
+        SELECT 1 FROM unnest(coalesce(columns, '{}') || coalesce(col, '')) c
+        WHERE c <> '' AND NOT EXISTS (SELECT 1 FROM pg_attribute
                           WHERE attrelid = tbl AND attname = c AND attnum > 0 AND NOT attisdropped)) THEN
-        RAISE EXCEPTION 'rtgw.track: % has no column among %', tbl, columns;
+        RAISE EXCEPTION 'rtgw.track: % lacks a column among %', tbl, coalesce(columns, '{}') || coalesce(col, '');
+    END IF;
+    IF settings IS NOT NULL AND (jsonb_typeof(settings) <> 'object' OR EXISTS (
+        SELECT 1 FROM jsonb_each(settings) s WHERE jsonb_typeof(s.value) <> 'string'
+                                               OR s.value #>> '{}' !~ '^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_.]*$')) THEN
+        RAISE EXCEPTION 'rtgw.track: settings must map data keys to setting names such as "app.tab_origin_id", got %', settings;
     END IF;
 
-    INSERT INTO rtgw.tracked AS t (tbl, prefix, columns, pk) VALUES (tbl, prefix, columns, key)
+    INSERT INTO rtgw.tracked AS t (tbl, prefix, columns, pk, prefix_col, settings, batch_event, batch_key)
+    VALUES (tbl, prefix, columns, key, col, settings, batch_event, batch_key)
     ON CONFLICT ON CONSTRAINT tracked_pkey
-    DO UPDATE SET prefix = excluded.prefix, columns = excluded.columns, pk = excluded.pk;
+    DO UPDATE SET prefix = excluded.prefix, columns = excluded.columns, pk = excluded.pk,
+                  prefix_col = excluded.prefix_col, settings = excluded.settings,
+                  batch_event = excluded.batch_event, batch_key = excluded.batch_key;
 
     FOR part IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
         FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP

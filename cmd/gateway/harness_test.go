@@ -72,7 +72,8 @@ func newTestDB(t *testing.T) *testDB {
 }
 
 func (db *testDB) environ(extra ...string) []string {
-	return append([]string{"DATABASE_URL=" + db.url, "GATEWAY_ADDR=127.0.0.1:0", "GATEWAY_LOG_LEVEL=debug"}, extra...)
+	return append([]string{"DATABASE_URL=" + db.url, "GATEWAY_ADDR=127.0.0.1:0", "GATEWAY_LOG_LEVEL=debug",
+		"GATEWAY_INSECURE_NO_AUTH=true"}, extra...)
 }
 
 func (db *testDB) exec(t testing.TB, sql string, args ...any) {
@@ -197,17 +198,43 @@ func (f frame) field(t testing.TB, name string) any {
 // wsClient is a real WebSocket client reading on its own goroutine.
 type wsClient struct {
 	conn   *websocket.Conn
+	id     string // connection_id from the connected frame
+	user   int64  // user_id from the connected frame
 	frames chan frame
 	closed chan *websocket.CloseError // receives the close (or nil on other errors)
 }
 
 func dialWS(t testing.TB, g *gw, query string) *wsClient {
 	t.Helper()
-	conn, resp, err := websocket.DefaultDialer.Dial(g.wsURL(query), nil)
+	return dialWSHeader(t, g, query, nil)
+}
+
+// dialWSHeader dials with extra request headers (an Origin, say).
+func dialWSHeader(t testing.TB, g *gw, query string, h http.Header) *wsClient {
+	t.Helper()
+	conn, resp, err := websocket.DefaultDialer.Dial(g.wsURL(query), h)
 	if err != nil {
 		t.Fatalf("dial websocket: %v (response %v)", err, resp)
 	}
-	c := &wsClient{conn: conn, frames: make(chan frame, 100000), closed: make(chan *websocket.CloseError, 1)}
+	// The first frame is always connected, with the connection's id.
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, msg, err := conn.ReadMessage()
+	if err != nil {
+		t.Fatalf("read the connected frame: %v", err)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	var hello struct {
+		Type string `json:"type"`
+		Data struct {
+			UserID       *int64 `json:"user_id"`
+			ConnectionID string `json:"connection_id"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(msg, &hello); err != nil || hello.Type != "connected" || hello.Data.UserID == nil || hello.Data.ConnectionID == "" {
+		t.Fatalf("first frame %s, want connected with user_id and connection_id", msg)
+	}
+	c := &wsClient{conn: conn, id: hello.Data.ConnectionID, user: *hello.Data.UserID,
+		frames: make(chan frame, 100000), closed: make(chan *websocket.CloseError, 1)}
 	go func() {
 		for {
 			_, msg, err := conn.ReadMessage()

@@ -140,7 +140,7 @@ func TestBinary(t *testing.T) {
 		addr := freeAddr(t)
 		var stderr lockedBuffer
 		cmd := exec.CommandContext(t.Context(), bin, "serve")
-		cmd.Env = []string{"DATABASE_URL=" + db.url, "GATEWAY_ADDR=" + addr, "GATEWAY_LOG_FORMAT=text"}
+		cmd.Env = []string{"DATABASE_URL=" + db.url, "GATEWAY_ADDR=" + addr, "GATEWAY_LOG_FORMAT=text", "GATEWAY_INSECURE_NO_AUTH=true"}
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start gateway: %v", err)
@@ -639,6 +639,9 @@ func dialSlowWS(t *testing.T, g *gw) *websocket.Conn {
 		t.Fatalf("dial slow websocket: %v (response %v)", err, resp)
 	}
 	t.Cleanup(func() { conn.Close() })
+	if _, msg, err := conn.ReadMessage(); err != nil || !strings.Contains(string(msg), `"type":"connected"`) {
+		t.Fatalf("slow websocket: first frame %s (%v), want connected", msg, err)
+	}
 	return conn
 }
 

@@ -71,11 +71,7 @@ func migrate(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 		return nil
 	}
 	tracks, _ := config.ParseTrack(cfg.Track) // validated by Load
-	var nt []notify.Track
-	for _, t := range tracks {
-		nt = append(nt, notify.Track{Table: t.Table, Prefix: t.Prefix, Columns: t.Columns})
-	}
-	if err := notify.Install(ctx, conn, nt); err != nil {
+	if err := notify.Install(ctx, conn, tracks); err != nil {
 		return err
 	}
 	all, err := notify.Tracked(ctx, conn)
@@ -84,6 +80,9 @@ func migrate(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 	}
 	for _, t := range all {
 		fmt.Fprintf(stdout, "tracking %s as %s_created, %s_updated, %s_deleted\n", t.Table, t.Prefix, t.Prefix, t.Prefix)
+		if t.BatchEvent != "" {
+			fmt.Fprintf(stdout, "  a DELETE of several rows sends %s\n", t.BatchEvent)
+		}
 	}
 	return nil
 }

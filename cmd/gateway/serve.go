@@ -21,6 +21,9 @@ import (
 // serve runs the gateway until ctx ends. It listens on cfg.Addr unless ln is
 // given (tests pass their own listener to learn the port).
 func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.Listener) error {
+	if err := cfg.CheckServe(); err != nil {
+		return err
+	}
 	if ln == nil {
 		var err error
 		if ln, err = net.Listen("tcp", cfg.Addr); err != nil {
@@ -51,16 +54,35 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 			return pgx.ConnectConfig(ctx, cc)
 		},
 	}
+	auth := &gateway.Auth{Secret: []byte(cfg.JWTSecret)}
+	if cfg.JWTSecret == "" {
+		logger.Warn("AUTHENTICATION IS OFF (GATEWAY_INSECURE_NO_AUTH=true): anyone who reaches this gateway reads every event")
+	}
+	if cfg.UserActiveSQL != "" {
+		auth.Active = func(ctx context.Context, id int64) (bool, error) {
+			var ok bool
+			err := pool.QueryRow(ctx, cfg.UserActiveSQL, id).Scan(&ok)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return false, nil
+			}
+			return ok, err
+		}
+	}
 	srv := gateway.New(logger, store, func() error {
 		if st := follower.Status(); !st.Ready() {
 			return st.Err
 		}
 		return nil
 	}, gateway.Options{
-		Window:       cfg.ReplayEvents,
-		SendQueue:    cfg.SendQueue,
-		WriteTimeout: cfg.WriteTimeout,
-		Heartbeat:    cfg.Heartbeat,
+		Auth:            auth,
+		MintWSToken:     cfg.MintWSToken,
+		PingInterval:    cfg.PingInterval,
+		MaxConnsPerUser: cfg.MaxConnsUser,
+		MaxConns:        cfg.MaxConns,
+		Window:          cfg.ReplayEvents,
+		SendQueue:       cfg.SendQueue,
+		WriteTimeout:    cfg.WriteTimeout,
+		Heartbeat:       cfg.Heartbeat,
 	})
 	follower.Publish = srv.Hub().Publish
 
@@ -80,6 +102,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		follower.From = head
 		return follower.Run(gctx)
 	})
+	g.Go(func() error { return srv.Run(gctx) })
 	g.Go(func() error {
 		logger.Info("serving", "addr", ln.Addr().String())
 		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

@@ -1,0 +1,150 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// ErrUnauthorized is any failure to authenticate; the wrapped error says why
+// (for logs only: clients get a bare 401 or 403).
+var ErrUnauthorized = errors.New("unauthorized")
+
+// User is an authenticated user of the app.
+type User struct {
+	ID int64
+}
+
+// Auth checks the app's HS256 tokens: the short-lived WebSocket token
+// (claims sub, type "ws", exp) and the access_token cookie or Bearer token
+// (claims user_id, exp). A nil Secret means open mode: every request is
+// user 0.
+type Auth struct {
+	Secret []byte
+	// Active, when set, is asked whether the user may still connect (the app
+	// requires t_d_user.is_active); an error refuses the request.
+	Active func(ctx context.Context, userID int64) (bool, error)
+	// Now defaults to time.Now; tests move it.
+	Now func() time.Time
+}
+
+// Open reports whether the gateway runs without authentication.
+func (a *Auth) Open() bool { return a == nil || len(a.Secret) == 0 }
+
+func (a *Auth) parse(token string) (jwt.MapClaims, error) {
+	opts := []jwt.ParserOption{jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithIssuedAt()}
+	if a.Now != nil {
+		opts = append(opts, jwt.WithTimeFunc(a.Now))
+	}
+	claims := jwt.MapClaims{}
+	_, err := jwt.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return a.Secret, nil }, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnauthorized, err)
+	}
+	return claims, nil
+}
+
+// WSToken authenticates the ?token= of a WebSocket upgrade.
+func (a *Auth) WSToken(ctx context.Context, token string) (User, error) {
+	if a.Open() {
+		return User{}, nil
+	}
+	if token == "" {
+		return User{}, fmt.Errorf("%w: no token", ErrUnauthorized)
+	}
+	claims, err := a.parse(token)
+	if err != nil {
+		return User{}, err
+	}
+	if typ, _ := claims["type"].(string); typ != "ws" {
+		return User{}, fmt.Errorf("%w: token type %q, want ws", ErrUnauthorized, typ)
+	}
+	id, err := userID(claims["sub"])
+	if err != nil {
+		return User{}, fmt.Errorf("%w: sub: %w", ErrUnauthorized, err)
+	}
+	return a.check(ctx, User{ID: id})
+}
+
+// Request authenticates a cookie route: the access_token cookie, or an
+// Authorization: Bearer header.
+func (a *Auth) Request(r *http.Request) (User, error) {
+	if a.Open() {
+		return User{}, nil
+	}
+	token := ""
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, rest, _ := strings.Cut(h, " ")
+		if strings.EqualFold(scheme, "Bearer") {
+			token = strings.TrimSpace(rest)
+		}
+	}
+	if token == "" {
+		if c, err := r.Cookie("access_token"); err == nil {
+			token = c.Value
+		}
+	}
+	if token == "" {
+		return User{}, fmt.Errorf("%w: no access token", ErrUnauthorized)
+	}
+	claims, err := a.parse(token)
+	if err != nil {
+		return User{}, err
+	}
+	id, err := userID(claims["user_id"])
+	if err != nil {
+		return User{}, fmt.Errorf("%w: user_id: %w", ErrUnauthorized, err)
+	}
+	return a.check(r.Context(), User{ID: id})
+}
+
+func (a *Auth) check(ctx context.Context, u User) (User, error) {
+	if a.Active == nil {
+		return u, nil
+	}
+	ok, err := a.Active(ctx, u.ID)
+	if err != nil {
+		return User{}, fmt.Errorf("%w: check user %d: %w", ErrUnauthorized, u.ID, err)
+	}
+	if !ok {
+		return User{}, fmt.Errorf("%w: user %d is not active", ErrUnauthorized, u.ID)
+	}
+	return u, nil
+}
+
+// MintWS signs a WebSocket token for u, as the backend's /ws/token does.
+func (a *Auth) MintWS(u User, ttl time.Duration) (string, error) {
+	now := time.Now()
+	if a.Now != nil {
+		now = a.Now()
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"sub": strconv.FormatInt(u.ID, 10), "type": "ws",
+		"iat": now.Unix(), "exp": now.Add(ttl).Unix(),
+	})
+	s, err := t.SignedString(a.Secret)
+	if err != nil {
+		return "", fmt.Errorf("sign token: %w", err)
+	}
+	return s, nil
+}
+
+// userID accepts the id as a JSON number or a decimal string.
+func userID(v any) (int64, error) {
+	switch v := v.(type) {
+	case string:
+		return strconv.ParseInt(v, 10, 64)
+	case float64:
+		if v != float64(int64(v)) {
+			return 0, fmt.Errorf("%v is not an integer", v)
+		}
+		return int64(v), nil
+	}
+	return 0, fmt.Errorf("missing or not an id: %v", v)
+}

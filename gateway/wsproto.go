@@ -1,0 +1,56 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/olahol/melody"
+)
+
+// message answers the app client's messages: {"type":"ping"} with pong and
+// {"type":"check_online"} with online_status. Anything else, including
+// invalid JSON, is ignored: a client bug must not cost the connection.
+func (t *wsTransport) message(s *melody.Session, msg []byte) {
+	c := connOf(s)
+	if c == nil || c.client == nil {
+		return
+	}
+	var m struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(msg, &m); err != nil {
+		t.log.Debug("ignoring client message", "err", err, "conn", c.id)
+		return
+	}
+	now := time.Now()
+	switch m.Type {
+	case "ping":
+		t.control(c, controlFrame("pong", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now))
+	case "check_online":
+		t.control(c, controlFrame("online_status", "", map[string]any{"online": true, "timestamp": now.UTC().Format(timeLayout)}, now))
+	case "pong":
+		// an answer to our ping: reading it already kept the link alive
+	default:
+		t.log.Debug("ignoring client message", "type", m.Type, "conn", c.id)
+	}
+}
+
+// pinger sends every connection {"type":"ping"} each interval, as the app's
+// server does: its client marks a link stale after 45 s without a message.
+// The frame is built once per tick and shared.
+func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			frame := controlFrame("ping", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now)
+			for _, c := range t.conns.all() {
+				t.control(c, frame)
+			}
+		}
+	}
+}
