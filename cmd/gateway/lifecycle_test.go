@@ -748,3 +748,20 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// `gateway config` lists every setting with its default.
+func TestConfigCommand(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	if err := run(t.Context(), []string{"config"}, nil, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range config.Settings() {
+		if !strings.Contains(out.String(), st.Var+"=") {
+			t.Errorf("gateway config does not list %s", st.Var)
+		}
+	}
+	if !strings.Contains(out.String(), "GATEWAY_ADDR=:8080\n") {
+		t.Errorf("gateway config lacks the default of GATEWAY_ADDR:\n%s", out.String())
+	}
+}

@@ -20,6 +20,7 @@ commands:
   serve                 run the gateway (default)
   migrate [--uninstall] install or upgrade the SQL and track the tables of
                         GATEWAY_TRACK; --uninstall removes everything it made
+  config                print every setting: variable, default, meaning
 
 Settings come from the environment; see the README.`
 
@@ -39,6 +40,15 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return serve(ctx, cfg, newLogger(cfg, stderr), nil)
 	case "migrate":
 		return migrate(ctx, args, environ, stdout, stderr)
+	case "config":
+		for _, st := range config.Settings() {
+			def := st.Default
+			if st.Required {
+				def = "(required)"
+			}
+			fmt.Fprintf(stdout, "%s=%s\n    %s\n", st.Var, def, st.Help)
+		}
+		return nil
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usage)
 		return nil
