@@ -196,3 +196,83 @@ func TestSQLFilesWorkWithPsql(t *testing.T) {
 		t.Fatalf("articles has %d rows (%v), want 1", n, err)
 	}
 }
+
+// appSchema is the family-budget app's schema, as far as tracking goes.
+const appSchema = `
+CREATE TABLE t_d_user (id serial PRIMARY KEY, is_active boolean NOT NULL DEFAULT true);
+CREATE TABLE t_d_article (
+    id serial PRIMARY KEY, user_id int NOT NULL, parent_id int REFERENCES t_d_article (id),
+    name varchar(255) NOT NULL, description text, type varchar(20) NOT NULL, code varchar(50),
+    is_active boolean NOT NULL DEFAULT true, created_at timestamp DEFAULT now(), updated_at timestamp DEFAULT now());
+CREATE TABLE t_f_budget_fact (
+    id serial, user_id int NOT NULL, article_id int NOT NULL, financial_center_id int, cost_center_id int,
+    amount bigint NOT NULL CHECK (amount >= 0), fact_date date NOT NULL, description text,
+    record_type varchar(10) NOT NULL DEFAULT 'fact', transfer_id bigint, recurring_plan_id int,
+    created_at timestamp DEFAULT now(), updated_at timestamp DEFAULT now(),
+    PRIMARY KEY (id, fact_date)) PARTITION BY RANGE (fact_date);
+CREATE TABLE t_f_budget_fact_2026_01 PARTITION OF t_f_budget_fact FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');`
+
+// The two shipped configurations for the app's schema, the SQL example and
+// GATEWAY_TRACK in deploy/budget-app.env, install the same tracking.
+func TestBudgetAppExamplesAgree(t *testing.T) {
+	t.Parallel()
+	_, self, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(self), "..")
+	example, err := os.ReadFile(filepath.Join(root, "sql", "examples", "budget-app.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	envFile, err := os.ReadFile(filepath.Join(root, "deploy", "budget-app.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var trackValue string
+	for line := range strings.SplitSeq(string(envFile), "\n") {
+		if v, ok := strings.CutPrefix(line, "GATEWAY_TRACK="); ok {
+			trackValue = v
+		}
+	}
+	tracks, err := config.ParseTrack(trackValue)
+	if err != nil {
+		t.Fatalf("GATEWAY_TRACK in deploy/budget-app.env: %v", err)
+	}
+
+	tracked := func(conn *pgx.Conn) string {
+		var s string
+		err := conn.QueryRow(t.Context(), `
+SELECT string_agg(format('%s %s %s %s %s %s', tbl, prefix, columns, settings, batch_event, batch_key), E'\n' ORDER BY tbl::text)
+FROM rtgw.tracked`).Scan(&s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	bySQL := connect(t, pgtest.NewDatabase(t))
+	mustExec(t, bySQL, appSchema)
+	if err := notify.Install(t.Context(), bySQL, nil); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, bySQL, string(example))
+	byEnv := connect(t, pgtest.NewDatabase(t))
+	mustExec(t, byEnv, appSchema)
+	if err := notify.Install(t.Context(), byEnv, tracks); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := tracked(bySQL), tracked(byEnv); a != b || a == "" {
+		t.Fatalf("the SQL example tracks\n%s\nGATEWAY_TRACK tracks\n%s", a, b)
+	}
+
+	mustExec(t, bySQL, `INSERT INTO t_f_budget_fact (user_id, article_id, amount, fact_date, record_type)
+VALUES (1, 1, 100, '2026-01-02', 'fact'), (1, 1, 200, '2026-01-03', 'plan')`)
+	mustExec(t, bySQL, `DELETE FROM t_f_budget_fact`)
+	got := events(t, bySQL)
+	want := []string{"fact_created", "plan_created", "facts_batch_deleted"}
+	if len(got) != len(want) {
+		t.Fatalf("events = %q", got)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(got[i], w+" ") {
+			t.Errorf("event %d = %s, want %s", i, got[i], w)
+		}
+	}
+}
