@@ -29,15 +29,18 @@ type Config struct {
 	MaxConns       int           `env:"GATEWAY_MAX_CONNECTIONS" envDefault:"500" help:"WebSocket connections in total on one gateway; more are refused with 403."`
 	PingInterval   time.Duration `env:"GATEWAY_PING_INTERVAL" envDefault:"10s" help:"Interval of the {\"type\":\"ping\"} frame on WebSockets (the app's client marks a link stale after 45 s of silence)."`
 
-	ReplayEvents int           `env:"GATEWAY_REPLAY_EVENTS" envDefault:"10000" help:"Events kept in memory for resuming clients; older positions are read from the event log table."`
-	MaxRowBytes  int           `env:"GATEWAY_MAX_ROW_BYTES" envDefault:"1048576" help:"Largest row (as JSON) sent in full; a larger one is sent as its primary key with \"truncated\": true."`
-	PollInterval time.Duration `env:"GATEWAY_POLL_INTERVAL" envDefault:"2s" help:"Safety poll of the event log, in case a notification is missed (NOTIFY is only a doorbell)."`
-	SendQueue    int           `env:"GATEWAY_SEND_QUEUE" envDefault:"256" help:"Frames queued per connection. A client whose queue is full pulls the next events from the replay window as it drains; one that falls out of the window is disconnected (close code 4008) and resumes from its last id."`
-	WriteTimeout time.Duration `env:"GATEWAY_WRITE_TIMEOUT" envDefault:"10s" help:"Deadline for one write to a client socket."`
-	Heartbeat    time.Duration `env:"GATEWAY_SSE_HEARTBEAT" envDefault:"15s" help:"Interval of SSE heartbeat comments when no event is sent."`
-	Shutdown     time.Duration `env:"GATEWAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"How long SIGTERM waits for connections to close before exiting anyway."`
-	LogLevel     slog.Level    `env:"GATEWAY_LOG_LEVEL" envDefault:"info" help:"Log level: debug, info, warn or error."`
-	LogFormat    string        `env:"GATEWAY_LOG_FORMAT" envDefault:"auto" help:"Log format: json, text, or auto (text on a terminal, JSON otherwise)."`
+	ReplayEvents    int           `env:"GATEWAY_REPLAY_EVENTS" envDefault:"10000" help:"Events kept in memory for resuming clients; older positions are read from the event log table."`
+	MaxRowBytes     int           `env:"GATEWAY_MAX_ROW_BYTES" envDefault:"1048576" help:"Largest row (as JSON) sent in full; a larger one is sent as its primary key with \"truncated\": true."`
+	Retention       time.Duration `env:"GATEWAY_RETENTION" envDefault:"24h" help:"How long the event log keeps events; clients resuming from older ids get a reset (expired)."`
+	RetentionEvents int64         `env:"GATEWAY_RETENTION_EVENTS" envDefault:"1000000" help:"About how many of the newest events the event log keeps at most, whatever their age."`
+	PruneInterval   time.Duration `env:"GATEWAY_PRUNE_INTERVAL" envDefault:"1m" help:"How often a gateway prunes the event log (replicas take turns; 0s disables pruning on this one)."`
+	PollInterval    time.Duration `env:"GATEWAY_POLL_INTERVAL" envDefault:"2s" help:"Safety poll of the event log, in case a notification is missed (NOTIFY is only a doorbell)."`
+	SendQueue       int           `env:"GATEWAY_SEND_QUEUE" envDefault:"256" help:"Frames queued per connection. A client whose queue is full pulls the next events from the replay window as it drains; one that falls out of the window is disconnected (close code 4008) and resumes from its last id."`
+	WriteTimeout    time.Duration `env:"GATEWAY_WRITE_TIMEOUT" envDefault:"10s" help:"Deadline for one write to a client socket."`
+	Heartbeat       time.Duration `env:"GATEWAY_SSE_HEARTBEAT" envDefault:"15s" help:"Interval of SSE heartbeat comments when no event is sent."`
+	Shutdown        time.Duration `env:"GATEWAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"How long SIGTERM waits for connections to close before exiting anyway."`
+	LogLevel        slog.Level    `env:"GATEWAY_LOG_LEVEL" envDefault:"info" help:"Log level: debug, info, warn or error."`
+	LogFormat       string        `env:"GATEWAY_LOG_FORMAT" envDefault:"auto" help:"Log format: json, text, or auto (text on a terminal, JSON otherwise)."`
 }
 
 // Track is one table to track and how its events are named and shaped (see
@@ -77,6 +80,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxRowBytes < 64 {
 		errs = append(errs, fmt.Errorf("GATEWAY_MAX_ROW_BYTES must be at least 64, got %d", c.MaxRowBytes))
+	}
+	if c.Retention <= 0 || c.RetentionEvents < 1 || c.PruneInterval < 0 {
+		errs = append(errs, fmt.Errorf("GATEWAY_RETENTION and GATEWAY_RETENTION_EVENTS must be positive and GATEWAY_PRUNE_INTERVAL not negative, got %s, %d, %s", c.Retention, c.RetentionEvents, c.PruneInterval))
 	}
 	if c.SendQueue < 1 {
 		errs = append(errs, fmt.Errorf("GATEWAY_SEND_QUEUE must be at least 1, got %d", c.SendQueue))

@@ -197,6 +197,19 @@ func (h *Hub) offer(c *client, e *entry) bool {
 	return true
 }
 
+// Trim drops from the window the events of transactions before oldest, the
+// oldest commit sequence the event log still holds, so that memory and table
+// agree: an id the log has pruned is expired on every replica, whether or not
+// its window still held it. Lagging clients that needed them are cut at the
+// next Publish or refill.
+func (h *Hub) Trim(oldest int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for h.ring.len() > 0 && h.ring.at(0).Pos.Seq < oldest {
+		h.floor = h.ring.pop().Pos
+	}
+}
+
 // kickSlow disconnects c as slow (its transport could not queue a frame).
 func (h *Hub) kickSlow(c *client) {
 	h.mu.Lock()
@@ -208,10 +221,11 @@ func (h *Hub) kickSlow(c *client) {
 	}
 }
 
-// since returns up to limit events committed after t, from the window, for
-// the long-poll. serverTime is where the next poll should start: the commit
-// time of the last event returned, else of the head (commit times increase
-// with commit order, so nothing committed later can be at or before it).
+// since returns the events committed after t, from the window, for the
+// long-poll: up to limit, and the rest of the last one's transaction.
+// serverTime is where the next poll should start: the commit time of the
+// last event returned, else of the head (commit times increase with commit
+// order, so nothing committed later can be at or before it).
 // changed is closed by the next Publish.
 func (h *Hub) since(t time.Time, limit int) (evs []*entry, serverTime float64, changed <-chan struct{}, err error) {
 	h.mu.Lock()
@@ -229,8 +243,15 @@ func (h *Hub) since(t time.Time, limit int) (evs []*entry, serverTime float64, c
 		serverTime = unixSeconds(h.ring.at(h.ring.len() - 1).Time)
 		micros := t.UnixMicro()
 		i := sort.Search(h.ring.len(), func(i int) bool { return h.ring.at(i).Time.UnixMicro() > micros })
-		for ; i < h.ring.len() && len(evs) < limit; i++ {
-			evs = append(evs, h.ring.at(i))
+		// The limit only ends a page between transactions: every event of a
+		// transaction has its commit time, so the next poll (after
+		// serverTime) would skip the rest of one cut in two.
+		for ; i < h.ring.len(); i++ {
+			e := h.ring.at(i)
+			if len(evs) >= limit && e.Pos.Seq != evs[len(evs)-1].Pos.Seq {
+				break
+			}
+			evs = append(evs, e)
 		}
 		if len(evs) > 0 {
 			serverTime = unixSeconds(evs[len(evs)-1].Time)

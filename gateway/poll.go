@@ -27,7 +27,8 @@ type pollTransport struct {
 	done <-chan struct{}
 }
 
-// pollLimit caps one answer; the client pages on with server_time.
+// pollLimit caps one answer (at a transaction boundary: see Hub.since); the
+// client pages on with server_time.
 const pollLimit = 1000
 
 type pollEvent struct {

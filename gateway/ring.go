@@ -33,6 +33,18 @@ func (r *ring) push(e *entry) (evicted *entry) {
 	return nil
 }
 
+// pop removes and returns the oldest entry.
+func (r *ring) pop() *entry {
+	if r.n == 0 {
+		return nil
+	}
+	e := r.buf[r.start]
+	r.buf[r.start] = nil
+	r.start = (r.start + 1) % len(r.buf)
+	r.n--
+	return e
+}
+
 // after returns the index of the first entry whose position is after p.
 func (r *ring) after(p notify.Position) int {
 	return sort.Search(r.n, func(i int) bool { return r.at(i).Pos.Compare(p) > 0 })

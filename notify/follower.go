@@ -34,6 +34,9 @@ type Follower struct {
 	// From is the position to read after: the head of what was published
 	// before Run (the preloaded replay window).
 	From Position
+	// Trim, when set, is told the oldest commit sequence in the log at every
+	// safety poll, so the replay window follows pruning done by any replica.
+	Trim func(oldest int64)
 	// MinBackoff and MaxBackoff bound the jittered, doubling delay between
 	// reconnect attempts; zero means 100 ms and 5 s.
 	MinBackoff, MaxBackoff time.Duration
@@ -136,6 +139,11 @@ func (f *Follower) Run(ctx context.Context) error {
 			return nil
 		case <-f.wake:
 		case <-tick.C:
+			if f.Trim != nil {
+				if oldest, err := f.Store.Oldest(ctx); err == nil && oldest > 0 {
+					f.Trim(oldest)
+				}
+			}
 		case <-retry.C:
 		}
 	}

@@ -276,4 +276,40 @@ BEGIN
 END
 $fn$;
 
+-- prune removes the oldest transactions (and their events) that are older
+-- than max_age or lie beyond the newest max_events events, at most max_tx
+-- per call; it returns how many it removed. It only ever removes a prefix of
+-- the log, so every position still in it can be resumed from and everything
+-- older is reported as expired. Several gateways may call it at once: one
+-- prunes, the others return 0 at once. Writers are never blocked: only rows
+-- of long-committed transactions are deleted.
+CREATE OR REPLACE FUNCTION rtgw.prune(max_age interval, max_events bigint, max_tx int DEFAULT 1000)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    -- Event ids are issued in write order; the newest max_events of them are
+    -- kept (about: ids of rolled-back writes count too).
+    cutoff_id bigint := coalesce(pg_sequence_last_value(pg_get_serial_sequence('rtgw.event', 'id')), 0) - max_events + 1;
+    cutoff_at timestamptz := now() - max_age;
+    upto      bigint;
+    t         record;
+    n         bigint := 0;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(1920232, 3) THEN
+        RETURN 0; -- another gateway is pruning
+    END IF;
+    FOR t IN SELECT x.xid, x.seq, x.committed_at FROM rtgw.tx x
+             WHERE x.seq IS NOT NULL ORDER BY x.seq LIMIT max_tx LOOP
+        EXIT WHEN t.committed_at >= cutoff_at
+              AND coalesce((SELECT max(e.id) FROM rtgw.event e WHERE e.xid = t.xid), 0) >= cutoff_id;
+        upto := t.seq;
+        n := n + 1;
+    END LOOP;
+    IF upto IS NOT NULL THEN
+        DELETE FROM rtgw.event e USING rtgw.tx x WHERE e.xid = x.xid AND x.seq <= upto;
+        DELETE FROM rtgw.tx WHERE seq <= upto;
+    END IF;
+    RETURN n;
+END
+$fn$;
+
 COMMIT;

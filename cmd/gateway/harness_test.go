@@ -73,7 +73,7 @@ func newTestDB(t *testing.T) *testDB {
 
 func (db *testDB) environ(extra ...string) []string {
 	return append([]string{"DATABASE_URL=" + db.url, "GATEWAY_ADDR=127.0.0.1:0", "GATEWAY_LOG_LEVEL=debug",
-		"GATEWAY_INSECURE_NO_AUTH=true"}, extra...)
+		"GATEWAY_INSECURE_NO_AUTH=true", "GATEWAY_PING_INTERVAL=1h"}, extra...)
 }
 
 func (db *testDB) exec(t testing.TB, sql string, args ...any) {

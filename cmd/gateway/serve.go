@@ -85,6 +85,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		Heartbeat:       cfg.Heartbeat,
 	})
 	follower.Publish = srv.Hub().Publish
+	follower.Trim = srv.Hub().Trim
 
 	httpSrv := &http.Server{
 		Handler:           srv.Handler(),
@@ -103,6 +104,11 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		return follower.Run(gctx)
 	})
 	g.Go(func() error { return srv.Run(gctx) })
+	if cfg.PruneInterval > 0 {
+		pruner := &notify.Pruner{Pool: pool, Logger: logger, Interval: cfg.PruneInterval,
+			MaxAge: cfg.Retention, MaxEvents: cfg.RetentionEvents, Pruned: srv.Hub().Trim}
+		g.Go(func() error { return pruner.Run(gctx) })
+	}
 	g.Go(func() error {
 		logger.Info("serving", "addr", ln.Addr().String())
 		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
