@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,6 +51,15 @@ type Follower struct {
 	readErr   error  // last read failure, nil once a read succeeds
 	failures  int    // consecutive connect failures, for the backoff
 	cursor    Position
+
+	// LISTEN heartbeat: a connection that died without a FIN (a cut network)
+	// would wait for notifications forever, so each poll the follower
+	// NOTIFYs itself and expects to hear it back.
+	conn     *pgx.Conn // the current LISTEN connection
+	beatID   string    // this follower's heartbeat prefix
+	beatN    int64
+	beatSent string    // payload of the last heartbeat sent
+	beatSeen time.Time // when the connection last proved alive
 }
 
 // Status is a snapshot of the follower's health, for readiness and metrics.
@@ -139,6 +149,7 @@ func (f *Follower) Run(ctx context.Context) error {
 			return nil
 		case <-f.wake:
 		case <-tick.C:
+			f.heartbeat(ctx)
 			if f.Trim != nil {
 				if oldest, err := f.Store.Oldest(ctx); err == nil && oldest > 0 {
 					f.Trim(oldest)
@@ -155,6 +166,51 @@ func (f *Follower) Run(ctx context.Context) error {
 func (f *Follower) backoff(failures int) time.Duration {
 	d := min(f.MinBackoff<<min(failures-1, 16), f.MaxBackoff)
 	return d/2 + rand.N(d/2+1)
+}
+
+// heartbeat checks that the LISTEN connection still hears, then rings it
+// once more. A connection silent for three polls is closed, so pgxlisten
+// reconnects (and catches up) instead of waiting on a dead socket.
+func (f *Follower) heartbeat(ctx context.Context) {
+	f.mu.Lock()
+	conn, listening, seen := f.conn, f.listening, f.beatSeen
+	if f.beatID == "" {
+		f.beatID = fmt.Sprintf("hb %016x", rand.Uint64())
+	}
+	f.beatN++
+	payload := fmt.Sprintf("%s %d", f.beatID, f.beatN)
+	f.mu.Unlock()
+	if !listening || conn == nil {
+		return
+	}
+	if silent := time.Since(seen); silent > 3*f.PollInterval+time.Second {
+		f.Logger.Warn("listen connection silent; reconnecting", "silent", silent.Round(time.Millisecond))
+		f.mu.Lock()
+		f.listening = false
+		f.mu.Unlock()
+		_ = conn.PgConn().Conn().Close() // unblocks WaitForNotification
+		return
+	}
+	f.mu.Lock()
+	f.beatSent = payload
+	f.mu.Unlock()
+	if _, err := f.Store.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, rtsql.Channel, payload); err != nil && ctx.Err() == nil {
+		f.Logger.Debug("send listen heartbeat", "err", err)
+	}
+}
+
+// isHeartbeat reports whether payload is a heartbeat (of any replica), and
+// records it when it is this follower's own.
+func (f *Follower) isHeartbeat(payload string) bool {
+	if !strings.HasPrefix(payload, "hb ") {
+		return false
+	}
+	f.mu.Lock()
+	if payload == f.beatSent {
+		f.beatSeen = time.Now()
+	}
+	f.mu.Unlock()
+	return true
 }
 
 // catchUp reads and publishes until the log has nothing after the cursor. It
@@ -217,6 +273,7 @@ func (f *Follower) connect(ctx context.Context) (*pgx.Conn, error) {
 		f.failures++
 	} else {
 		f.failures = 0
+		f.conn = conn
 	}
 	f.mu.Unlock()
 	return conn, err
@@ -233,8 +290,10 @@ func (f *Follower) ring() {
 // Run goroutine with a pooled connection, so the LISTEN loop never waits.
 type doorbell Follower
 
-func (d *doorbell) HandleNotification(context.Context, *pgconn.Notification, *pgx.Conn) error {
-	(*Follower)(d).ring()
+func (d *doorbell) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
+	if f := (*Follower)(d); !f.isHeartbeat(n.Payload) {
+		f.ring()
+	}
 	return nil
 }
 
@@ -246,6 +305,7 @@ func (d *doorbell) HandleBacklog(context.Context, string, *pgx.Conn) error {
 	f.listening = true
 	f.listenGen++
 	f.failures = 0
+	f.beatSeen = time.Now()
 	f.mu.Unlock()
 	f.Logger.Info("listening", "channel", rtsql.Channel)
 	f.ring()
