@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -25,6 +26,7 @@ type Config struct {
 	InsecureNoAuth bool          `env:"GATEWAY_INSECURE_NO_AUTH" envDefault:"false" help:"Run without authentication: anyone who reaches the gateway reads every event. For demos and tests only."`
 	UserActiveSQL  string        `env:"GATEWAY_USER_ACTIVE_SQL" help:"Optional query, given the user id as $1, that must return true for the user to connect, e.g. SELECT is_active FROM t_d_user WHERE id = $1."`
 	MintWSToken    bool          `env:"GATEWAY_MINT_WS_TOKEN" envDefault:"false" help:"Also serve POST /api/v1/budget/ws/token (a 5-minute WebSocket token for the access_token cookie's user), for deployments that route it to the gateway."`
+	AllowedOrigins string        `env:"GATEWAY_ALLOWED_ORIGINS" help:"Comma-separated origins (https://budget.example.com) whose pages may open WebSockets; empty: only pages of the host the request was sent to. Requests without an Origin header (not from a browser) are allowed; other origins get 403."`
 	MaxConnsUser   int           `env:"GATEWAY_MAX_CONNECTIONS_PER_USER" envDefault:"10" help:"WebSocket connections per user on one gateway; more are refused with 403."`
 	MaxConns       int           `env:"GATEWAY_MAX_CONNECTIONS" envDefault:"500" help:"WebSocket connections in total on one gateway; more are refused with 403."`
 	PingInterval   time.Duration `env:"GATEWAY_PING_INTERVAL" envDefault:"10s" help:"Interval of the {\"type\":\"ping\"} frame on WebSockets (the app's client marks a link stale after 45 s of silence)."`
@@ -72,6 +74,11 @@ func (c Config) validate() error {
 	if _, err := ParseTrack(c.Track); err != nil {
 		errs = append(errs, err)
 	}
+	for _, o := range c.Origins() {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			errs = append(errs, fmt.Errorf("GATEWAY_ALLOWED_ORIGINS: %q is not an origin such as https://budget.example.com", o))
+		}
+	}
 	if c.MaxConnsUser < 1 || c.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("GATEWAY_MAX_CONNECTIONS_PER_USER and GATEWAY_MAX_CONNECTIONS must be at least 1, got %d and %d", c.MaxConnsUser, c.MaxConns))
 	}
@@ -101,6 +108,17 @@ func (c Config) validate() error {
 		errs = append(errs, fmt.Errorf("GATEWAY_LOG_FORMAT must be auto, json or text, got %q", c.LogFormat))
 	}
 	return errors.Join(errs...)
+}
+
+// Origins splits GATEWAY_ALLOWED_ORIGINS.
+func (c Config) Origins() []string {
+	var out []string
+	for o := range strings.SplitSeq(c.AllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // ErrNoAuth: serving needs a JWT secret or an explicit opt-out.

@@ -21,6 +21,7 @@ type Options struct {
 	PingInterval    time.Duration // WebSocket {"type":"ping"} interval
 	MaxConnsPerUser int           // WebSocket connections per user; 0: no limit
 	MaxConns        int           // WebSocket connections in total; 0: no limit
+	AllowedOrigins  []string      // origins allowed to open WebSockets; empty: same host only
 }
 
 // Server owns the hub and the HTTP routes.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +52,10 @@ func newWS(hub *Hub, logger *slog.Logger, opt Options) *wsTransport {
 	}
 	t := &wsTransport{hub: hub, auth: opt.Auth, log: logger, m: melody.New(), writeTimeout: opt.WriteTimeout,
 		conns: newRegistry(perUser, opt.MaxConns), queue: int32(opt.SendQueue)}
+	// melody's upgrader accepts every origin; a page on another site must
+	// not read a user's events with their cookie-fetched token.
+	t.m.Upgrader.CheckOrigin = originChecker(opt.AllowedOrigins)
+	t.m.Upgrader.HandshakeTimeout = 10 * time.Second
 	t.m.Config.MessageBufferSize = opt.SendQueue + controlMargin
 	t.m.Config.WriteWait = opt.WriteTimeout
 	t.m.Config.MaxMessageSize = 4096
@@ -65,6 +71,11 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Refusals happen before the upgrade, as HTTP 403: the app's client then
 	// sees a failed connection and retries with a fresh token. Accepting and
 	// closing with 4001 would stop it for good.
+	if !t.m.Upgrader.CheckOrigin(r) {
+		t.log.Info("websocket refused", "reason", "origin not allowed", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
+		http.Error(w, "forbidden: origin not allowed", http.StatusForbidden)
+		return
+	}
 	user, err := t.auth.WSToken(r.Context(), r.URL.Query().Get("token"))
 	if err != nil {
 		t.log.Info("websocket refused", "reason", err, "remote", r.RemoteAddr)
@@ -88,6 +99,26 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyConn: c}); err != nil {
 		t.conns.release(c) // no session: the disconnect hook will not run
 		t.log.Debug("websocket upgrade", "err", err)
+	}
+}
+
+// originChecker allows requests without an Origin (not from a browser),
+// from the listed origins, or, with no list, from the request's own host.
+func originChecker(allowed []string) func(r *http.Request) bool {
+	set := map[string]bool{}
+	for _, o := range allowed {
+		set[strings.ToLower(strings.TrimRight(o, "/"))] = true
+	}
+	return func(r *http.Request) bool {
+		origin := r.Header.Get("Origin")
+		if origin == "" {
+			return true
+		}
+		if len(set) > 0 {
+			return set[strings.ToLower(origin)]
+		}
+		u, err := url.Parse(origin)
+		return err == nil && strings.EqualFold(u.Host, r.Host)
 	}
 }
 

@@ -79,6 +79,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		PingInterval:    cfg.PingInterval,
 		MaxConnsPerUser: cfg.MaxConnsUser,
 		MaxConns:        cfg.MaxConns,
+		AllowedOrigins:  cfg.Origins(),
 		Window:          cfg.ReplayEvents,
 		SendQueue:       cfg.SendQueue,
 		WriteTimeout:    cfg.WriteTimeout,
