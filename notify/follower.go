@@ -58,7 +58,6 @@ type Follower struct {
 	conn     *pgx.Conn // the current LISTEN connection
 	beatID   string    // this follower's heartbeat prefix
 	beatN    int64
-	beatSent string    // payload of the last heartbeat sent
 	beatSeen time.Time // when the connection last proved alive
 }
 
@@ -130,6 +129,25 @@ func (f *Follower) Run(ctx context.Context) error {
 	}()
 	defer func() { <-done }()
 
+	// The heartbeat has its own goroutine: when the whole network path is
+	// silent, the reads below hang on a dead pooled connection, and a
+	// heartbeat run between them would never get to notice.
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		beat := time.NewTicker(f.PollInterval)
+		defer beat.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-beat.C:
+				f.heartbeat(ctx)
+			}
+		}
+	}()
+	defer func() { <-beatDone }()
+
 	tick := time.NewTicker(f.PollInterval)
 	defer tick.Stop()
 	// retry re-reads soon after a failed read (a pooled connection that died
@@ -149,7 +167,6 @@ func (f *Follower) Run(ctx context.Context) error {
 			return nil
 		case <-f.wake:
 		case <-tick.C:
-			f.heartbeat(ctx)
 			if f.Trim != nil {
 				if oldest, err := f.Store.Oldest(ctx); err == nil && oldest > 0 {
 					f.Trim(oldest)
@@ -183,7 +200,8 @@ func (f *Follower) heartbeat(ctx context.Context) {
 	if !listening || conn == nil {
 		return
 	}
-	if silent := time.Since(seen); silent > 3*f.PollInterval+time.Second {
+	limit := 3*f.PollInterval + time.Second
+	if silent := time.Since(seen); silent > limit {
 		f.Logger.Warn("listen connection silent; reconnecting", "silent", silent.Round(time.Millisecond))
 		f.mu.Lock()
 		f.listening = false
@@ -191,22 +209,25 @@ func (f *Follower) heartbeat(ctx context.Context) {
 		_ = conn.PgConn().Conn().Close() // unblocks WaitForNotification
 		return
 	}
-	f.mu.Lock()
-	f.beatSent = payload
-	f.mu.Unlock()
-	if _, err := f.Store.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, rtsql.Channel, payload); err != nil && ctx.Err() == nil {
+	// Bounded, so a send stuck on a dead pooled connection does not keep
+	// the next check from running.
+	sctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	if _, err := f.Store.Pool.Exec(sctx, `SELECT pg_notify($1, $2)`, rtsql.Channel, payload); err != nil && ctx.Err() == nil {
 		f.Logger.Debug("send listen heartbeat", "err", err)
 	}
 }
 
 // isHeartbeat reports whether payload is a heartbeat (of any replica), and
-// records it when it is this follower's own.
+// records it when it is this follower's own. Any of its own counts, not only
+// the last one sent: on a slow network an echo can arrive after the next
+// heartbeat has gone out, and it still proves the connection hears.
 func (f *Follower) isHeartbeat(payload string) bool {
 	if !strings.HasPrefix(payload, "hb ") {
 		return false
 	}
 	f.mu.Lock()
-	if payload == f.beatSent {
+	if f.beatID != "" && strings.HasPrefix(payload, f.beatID+" ") {
 		f.beatSeen = time.Now()
 	}
 	f.mu.Unlock()

@@ -437,12 +437,31 @@ func startGatewayAt(t *testing.T, db *testDB, addr string, extra ...string) *gw 
 }
 
 // startBrowser starts a headless Chromium with a fresh profile; it is
-// closed when the test ends.
+// closed when the test ends. Chromium's own start can fail for reasons that
+// have nothing to do with the gateway (its zygote failing to fork a helper
+// process on a loaded machine), so a failed start is retried with a fresh
+// profile, a bounded number of times.
 func startBrowser(t *testing.T) context.Context {
 	t.Helper()
+	const attempts = 3
+	for i := 1; ; i++ {
+		ctx, stop, err := launchBrowser(t.TempDir())
+		if err == nil {
+			t.Cleanup(stop)
+			return ctx
+		}
+		stop()
+		if i == attempts {
+			t.Fatalf("start %s (%d attempts): %v", chromiumPath, attempts, err)
+		}
+		t.Logf("start %s, attempt %d: %v; retrying", chromiumPath, i, err)
+	}
+}
+
+func launchBrowser(profile string) (context.Context, func(), error) {
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(profile),
 		chromedp.Headless,
 		chromedp.NoSandbox,
 		chromedp.DisableGPU,
@@ -452,6 +471,7 @@ func startBrowser(t *testing.T) context.Context {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("no-proxy-server", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
 		// Every tab keeps full-speed timers: the client's clocks are short.
 		chromedp.Flag("disable-background-timer-throttling", true),
 		chromedp.Flag("disable-renderer-backgrounding", true),
@@ -459,16 +479,14 @@ func startBrowser(t *testing.T) context.Context {
 	)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() {
+	stop := func() {
 		cancel()
 		cancelAlloc()
-	})
-	start := time.Now()
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start %s: %v", chromiumPath, err)
 	}
-	t.Logf("chromium started in %v", time.Since(start).Round(time.Millisecond))
-	return ctx
+	if err := chromedp.Do(ctx); err != nil {
+		return nil, stop, err
+	}
+	return ctx, stop, nil
 }
 
 // setBrowserCookie sets the access_token cookie for site in ctx's browser context.
