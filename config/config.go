@@ -38,6 +38,7 @@ type Config struct {
 	PruneInterval   time.Duration `env:"GATEWAY_PRUNE_INTERVAL" envDefault:"1m" help:"How often a gateway prunes the event log (replicas take turns; 0s disables pruning on this one)."`
 	PollInterval    time.Duration `env:"GATEWAY_POLL_INTERVAL" envDefault:"2s" help:"Safety poll of the event log, in case a notification is missed (NOTIFY is only a doorbell)."`
 	SendQueue       int           `env:"GATEWAY_SEND_QUEUE" envDefault:"256" help:"Frames queued per connection. A client whose queue is full pulls the next events from the replay window as it drains; one that falls out of the window is disconnected (close code 4008) and resumes from its last id."`
+	LogReadTimeout  time.Duration `env:"GATEWAY_LOG_READ_TIMEOUT" envDefault:"10s" help:"Deadline for one read of the event log; a read stuck on a dead database connection fails, is retried on a fresh one, and /readyz says not ready meanwhile."`
 	WriteTimeout    time.Duration `env:"GATEWAY_WRITE_TIMEOUT" envDefault:"10s" help:"Deadline for one write to a client socket."`
 	Heartbeat       time.Duration `env:"GATEWAY_SSE_HEARTBEAT" envDefault:"15s" help:"Interval of SSE heartbeat comments when no event is sent."`
 	Shutdown        time.Duration `env:"GATEWAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"How long SIGTERM waits for connections to close before exiting anyway."`
@@ -95,7 +96,7 @@ func (c Config) validate() error {
 		errs = append(errs, fmt.Errorf("GATEWAY_SEND_QUEUE must be at least 1, got %d", c.SendQueue))
 	}
 	for name, d := range map[string]time.Duration{
-		"GATEWAY_POLL_INTERVAL": c.PollInterval, "GATEWAY_WRITE_TIMEOUT": c.WriteTimeout,
+		"GATEWAY_POLL_INTERVAL": c.PollInterval, "GATEWAY_LOG_READ_TIMEOUT": c.LogReadTimeout, "GATEWAY_WRITE_TIMEOUT": c.WriteTimeout,
 		"GATEWAY_SSE_HEARTBEAT": c.Heartbeat, "GATEWAY_SHUTDOWN_TIMEOUT": c.Shutdown, "GATEWAY_PING_INTERVAL": c.PingInterval,
 	} {
 		if d <= 0 {

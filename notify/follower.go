@@ -38,6 +38,11 @@ type Follower struct {
 	// Trim, when set, is told the oldest commit sequence in the log at every
 	// safety poll, so the replay window follows pruning done by any replica.
 	Trim func(oldest int64)
+	// ReadTimeout bounds one read of the log; zero means 10 s. Without it a
+	// read on a pooled connection whose peer vanished without a FIN (a cut
+	// network, a frozen server) would hang until TCP gives up, minutes later,
+	// while /readyz kept saying ready.
+	ReadTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the jittered, doubling delay between
 	// reconnect attempts; zero means 100 ms and 5 s.
 	MinBackoff, MaxBackoff time.Duration
@@ -93,6 +98,9 @@ func (f *Follower) Run(ctx context.Context) error {
 	}
 	if f.PollInterval <= 0 {
 		f.PollInterval = 2 * time.Second
+	}
+	if f.ReadTimeout <= 0 {
+		f.ReadTimeout = 10 * time.Second
 	}
 	if f.MinBackoff <= 0 {
 		f.MinBackoff = 100 * time.Millisecond
@@ -168,9 +176,11 @@ func (f *Follower) Run(ctx context.Context) error {
 		case <-f.wake:
 		case <-tick.C:
 			if f.Trim != nil {
-				if oldest, err := f.Store.Oldest(ctx); err == nil && oldest > 0 {
+				rctx, cancel := context.WithTimeout(ctx, f.ReadTimeout)
+				if oldest, err := f.Store.Oldest(rctx); err == nil && oldest > 0 {
 					f.Trim(oldest)
 				}
+				cancel()
 			}
 		case <-retry.C:
 		}
@@ -241,7 +251,9 @@ func (f *Follower) catchUp(ctx context.Context) bool {
 	gen, cursor := f.listenGen, f.cursor
 	f.mu.Unlock()
 	for {
-		evs, next, err := f.Store.After(ctx, cursor)
+		rctx, cancel := context.WithTimeout(ctx, f.ReadTimeout)
+		evs, next, err := f.Store.After(rctx, cursor)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return true

@@ -739,3 +739,72 @@ func TestFaultConnectMidStream(t *testing.T) {
 	}
 	t.Logf("%d rows written while 8 clients connected", written.Load())
 }
+
+// A read of the event log that hangs (here: on a lock, as it would on a dead
+// connection or a frozen server) fails after GATEWAY_LOG_READ_TIMEOUT: /readyz
+// says why while it lasts, and once the log is readable the stream goes on
+// with nothing lost. Without the deadline the read would wait, and /readyz
+// would answer ready, for as long as the lock (or TCP) let it.
+func TestFaultStuckLogReadTimesOut(t *testing.T) {
+	db := newTestDB(t)
+	g := startGateway(t, db, "GATEWAY_POLL_INTERVAL=100ms", "GATEWAY_LOG_READ_TIMEOUT=300ms")
+	c := dialWS(t, g, "")
+
+	readyz := func() (int, string) {
+		resp, err := http.Get(g.base + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Reason string `json:"reason"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Reason
+	}
+
+	lock, err := db.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatalf("begin: %v", err)
+	}
+	defer lock.Rollback(context.Background())
+	if _, err := lock.Exec(t.Context(), `LOCK TABLE rtgw.tx, rtgw.event IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatalf("lock the log: %v", err)
+	}
+	var reason string
+	if !faultPoll(10*time.Second, func() bool {
+		var code int
+		code, reason = readyz()
+		return code == http.StatusServiceUnavailable && strings.Contains(reason, "deadline")
+	}) {
+		t.Fatalf("/readyz while every read of the log hangs: last reason %q, want 503 naming the read deadline", reason)
+	}
+	t.Logf("/readyz while the log is locked: %s", reason)
+
+	// A writer queues behind the lock; once it is released the write commits
+	// and reaches the client.
+	type result struct {
+		id  int64
+		err error
+	}
+	wrote := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = db.pool.QueryRow(context.Background(),
+			`INSERT INTO facts (amount, fact_date) VALUES (42, '2026-03-01') RETURNING id`).Scan(&r.id)
+		wrote <- r
+	}()
+	if err := lock.Rollback(t.Context()); err != nil {
+		t.Fatalf("release the lock: %v", err)
+	}
+	r := <-wrote
+	if r.err != nil {
+		t.Fatalf("write after the lock: %v", r.err)
+	}
+	want := r.id
+	f := c.next(t, 10*time.Second)
+	if f.Type != "budget_fact_created" || faultNum(t, f, "id") != want {
+		t.Fatalf("after the lock: got %s %v, want budget_fact_created of row %d", f.Type, f.Data, want)
+	}
+	g.waitReady(t)
+}

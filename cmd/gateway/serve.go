@@ -48,6 +48,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		Store:        store,
 		Logger:       logger,
 		PollInterval: cfg.PollInterval,
+		ReadTimeout:  cfg.LogReadTimeout,
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			cc := poolCfg.ConnConfig.Copy()
 			cc.RuntimeParams["application_name"] = "rtgw-listen"
