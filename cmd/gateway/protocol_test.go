@@ -491,7 +491,7 @@ func TestProtocolFrames(t *testing.T) {
 	}
 
 	// Junk is ignored: no answer, no close.
-	for _, m := range []string{`{"type":"subscribe","channel":"x"}`, `{"type":123}`, `{"no":"type"}`, `null`, `[1,2]`,
+	for _, m := range []string{`{"type":"join","channel":"x"}`, `{"type":123}`, `{"no":"type"}`, `null`, `[1,2]`,
 		`not json`, `{"type":"ping"`, ``, `{"type":"pong"}`} {
 		if err := c.conn.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
 			t.Fatalf("write %q: %v", m, err)
