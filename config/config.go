@@ -29,6 +29,7 @@ type Config struct {
 	AllowedOrigins string        `env:"GATEWAY_ALLOWED_ORIGINS" help:"Comma-separated origins (https://budget.example.com) whose pages may open WebSockets; empty: only pages of the host the request was sent to. Requests without an Origin header (not from a browser) are allowed; other origins get 403."`
 	MaxConnsUser   int           `env:"GATEWAY_MAX_CONNECTIONS_PER_USER" envDefault:"10" help:"WebSocket connections per user on one gateway; more are refused with 403."`
 	MaxConns       int           `env:"GATEWAY_MAX_CONNECTIONS" envDefault:"500" help:"WebSocket connections in total on one gateway; more are refused with 403."`
+	Visibility     string        `env:"GATEWAY_VISIBILITY" help:"Per-table visibility rules, comma-separated table:column=claim: a row is sent only to users whose token claim (a value or an array; 'user' is the user's id) holds the row's column value, e.g. facts:user_id=user,orders:family_id=families. Tables without a rule are visible to every user. Needs GATEWAY_JWT_SECRET. See \"Subscriptions and visibility\"."`
 	PingInterval   time.Duration `env:"GATEWAY_PING_INTERVAL" envDefault:"10s" help:"Interval of the {\"type\":\"ping\"} frame on WebSockets (the app's client marks a link stale after 45 s of silence)."`
 
 	ReplayEvents    int           `env:"GATEWAY_REPLAY_EVENTS" envDefault:"10000" help:"Events kept in memory for resuming clients; older positions are read from the event log table."`
@@ -73,6 +74,9 @@ func Load(environ []string) (Config, error) {
 func (c Config) validate() error {
 	var errs []error
 	if _, err := ParseTrack(c.Track); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := ParseRules(c.Visibility); err != nil {
 		errs = append(errs, err)
 	}
 	for _, o := range c.Origins() {
@@ -131,7 +135,49 @@ func (c Config) CheckServe() error {
 	if c.JWTSecret == "" && !c.InsecureNoAuth {
 		return ErrNoAuth
 	}
+	if c.JWTSecret == "" && strings.TrimSpace(c.Visibility) != "" {
+		return errors.New("GATEWAY_VISIBILITY needs GATEWAY_JWT_SECRET: without authentication there is no user to apply the rules to")
+	}
 	return nil
+}
+
+// Rule is one visibility rule: rows of Table go only to users whose token
+// claim Claim holds the row's Column value ("user": the user's id).
+type Rule struct {
+	Table, Column, Claim string
+}
+
+// Rules parses GATEWAY_VISIBILITY (checked by Load).
+func (c Config) Rules() []Rule {
+	rules, _ := ParseRules(c.Visibility)
+	return rules
+}
+
+// ParseRules parses a GATEWAY_VISIBILITY value: rules separated by commas,
+// each table:column=claim, at most one per table, e.g.
+//
+//	facts:user_id=user,orders:family_id=families
+func ParseRules(s string) ([]Rule, error) {
+	var rules []Rule
+	seen := map[string]bool{}
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		table, rest, ok1 := strings.Cut(item, ":")
+		col, claim, ok2 := strings.Cut(rest, "=")
+		r := Rule{Table: table, Column: col, Claim: claim}
+		if !ok1 || !ok2 || !identRe.MatchString(r.Table) || !columnRe.MatchString(r.Column) || !nameRe.MatchString(r.Claim) {
+			return nil, fmt.Errorf("GATEWAY_VISIBILITY: %q is not table:column=claim, such as facts:user_id=user", item)
+		}
+		if seen[r.Table] {
+			return nil, fmt.Errorf("GATEWAY_VISIBILITY: table %q has two rules", r.Table)
+		}
+		seen[r.Table] = true
+		rules = append(rules, r)
+	}
+	return rules, nil
 }
 
 var (

@@ -19,6 +19,9 @@ var ErrUnauthorized = errors.New("unauthorized")
 // User is an authenticated user of the app.
 type User struct {
 	ID int64
+	// Claims holds the values of the claims visibility rules read (see
+	// Rule), canonical; "user" is the id.
+	Claims map[string][]string
 }
 
 // Auth checks the app's HS256 tokens: the short-lived WebSocket token
@@ -32,6 +35,9 @@ type Auth struct {
 	Active func(ctx context.Context, userID int64) (bool, error)
 	// Now defaults to time.Now; tests move it.
 	Now func() time.Time
+	// Claims are the token claims visibility rules read, besides the user's
+	// id; they are kept in User.Claims.
+	Claims []string
 }
 
 // Open reports whether the gateway runs without authentication.
@@ -69,7 +75,7 @@ func (a *Auth) WSToken(ctx context.Context, token string) (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("%w: sub: %w", ErrUnauthorized, err)
 	}
-	return a.check(ctx, User{ID: id})
+	return a.check(ctx, a.user(id, claims))
 }
 
 // Request authenticates a cookie route: the access_token cookie, or an
@@ -101,7 +107,18 @@ func (a *Auth) Request(r *http.Request) (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("%w: user_id: %w", ErrUnauthorized, err)
 	}
-	return a.check(r.Context(), User{ID: id})
+	return a.check(r.Context(), a.user(id, claims))
+}
+
+// user builds the authenticated user with the claims rules need.
+func (a *Auth) user(id int64, claims jwt.MapClaims) User {
+	u := User{ID: id, Claims: map[string][]string{ClaimUser: {strconv.FormatInt(id, 10)}}}
+	for _, name := range a.Claims {
+		if name != ClaimUser {
+			u.Claims[name] = claimValues(claims[name])
+		}
+	}
+	return u
 }
 
 func (a *Auth) check(ctx context.Context, u User) (User, error) {
@@ -124,10 +141,18 @@ func (a *Auth) MintWS(u User, ttl time.Duration) (string, error) {
 	if a.Now != nil {
 		now = a.Now()
 	}
-	t := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+	claims := jwt.MapClaims{
 		"sub": strconv.FormatInt(u.ID, 10), "type": "ws",
 		"iat": now.Unix(), "exp": now.Add(ttl).Unix(),
-	})
+	}
+	// The claims visibility rules read travel on, so the socket sees what
+	// the cookie's owner may see.
+	for _, name := range a.Claims {
+		if vs, ok := u.Claims[name]; ok && name != ClaimUser {
+			claims[name] = vs
+		}
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, claims)
 	s, err := t.SignedString(a.Secret)
 	if err != nil {
 		return "", fmt.Errorf("sign token: %w", err)

@@ -117,7 +117,7 @@ func (t *wsTransport) disconnectConn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := t.conns.get(body.ConnectionID)
-	if c == nil || c.user != u {
+	if c == nil || c.user.ID != u.ID {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "not_found"})
 		return
 	}

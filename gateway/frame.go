@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"sync"
 	"time"
 
 	"github.com/budget-rt/gateway/notify"
@@ -13,6 +14,29 @@ type entry struct {
 	notify.Event
 	frame []byte // the JSON object: a WebSocket text frame, and SSE data
 	sse   []byte // the whole SSE block (id, event, data lines)
+
+	// The row's top-level values in canonical form, decoded on first use:
+	// only events some subscription or visibility rule looks into pay for it.
+	colsOnce sync.Once
+	cols     map[string]string
+}
+
+// column returns the canonical value of the row's column name.
+func (e *entry) column(name string) (string, bool) {
+	e.colsOnce.Do(func() {
+		var row map[string]json.RawMessage
+		if json.Unmarshal(e.Data, &row) != nil {
+			return
+		}
+		e.cols = make(map[string]string, len(row))
+		for k, raw := range row {
+			if v, ok := canonical(raw); ok {
+				e.cols[k] = v
+			}
+		}
+	})
+	v, ok := e.cols[name]
+	return v, ok
 }
 
 // timeLayout is ISO-8601 in UTC with microseconds, as the app's frames have.

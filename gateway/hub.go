@@ -67,15 +67,37 @@ type emitter interface {
 // gone, and it must resume from the log.
 type client struct {
 	sink     sink
-	types    map[string]bool // nil: every type
-	limit    int32           // frames it may have queued
-	inflight atomic.Int32    // frames queued, not yet written
-	lagging  atomic.Bool     // its queue filled; it pulls from the window
-	gone     atomic.Bool     // kicked or detached: send nothing more
-	after    notify.Position // guarded by Hub.mu: last event handed over (or skipped)
+	limit    int32        // frames it may have queued
+	inflight atomic.Int32 // frames queued, not yet written
+	lagging  atomic.Bool  // its queue filled; it pulls from the window
+	gone     atomic.Bool  // kicked or detached: send nothing more
+
+	// Guarded by Hub.mu once attached.
+	subs  []*Subscription // what it asked for: the union of these
+	view  viewer          // what its user may see
+	after notify.Position // every event it wants up to here was handed over
+	keys  []string        // its index keys
+	cols  []string        // where columns among them
+	mark  uint64          // the last event the index offered it
 }
 
-func (c *client) wants(e *entry) bool { return c.types == nil || c.types[e.Type] }
+// newClient makes a client with the subscription it connected with.
+func newClient(k sink, limit int, sub *Subscription, view viewer) *client {
+	return &client{sink: k, limit: int32(limit), subs: []*Subscription{sub}, view: view}
+}
+
+// wants reports whether c asked for e and may see it.
+func (c *client) wants(e *entry) bool {
+	if !c.view.visible(e) {
+		return false
+	}
+	for _, s := range c.subs {
+		if s.match(e) {
+			return true
+		}
+	}
+	return false
+}
 
 // sent is called by the transport after it wrote a queued frame. It reports
 // whether the client should pull more from the window now: it is lagging
@@ -97,14 +119,23 @@ type Hub struct {
 	floor   notify.Position // the ring holds every event after floor
 	head    notify.Position
 	clients map[*client]struct{}
+	index   index
+	lagging map[*client]struct{} // clients pulling from the window
+	stamp   uint64               // counts published events, for client.mark
+	rules   []Rule
 	kicks   sync.WaitGroup
 	changed chan struct{} // closed and replaced by each Publish, for long-polls
 }
 
-// NewHub returns a hub keeping window events in memory.
-func NewHub(logger *slog.Logger, logs Log, window int) *Hub {
-	return &Hub{log: logger, logs: logs, ring: newRing(window), clients: map[*client]struct{}{}, changed: make(chan struct{})}
+// NewHub returns a hub keeping window events in memory and enforcing the
+// visibility rules.
+func NewHub(logger *slog.Logger, logs Log, window int, rules []Rule) *Hub {
+	return &Hub{log: logger, logs: logs, ring: newRing(window), clients: map[*client]struct{}{},
+		index: newIndex(rules), lagging: map[*client]struct{}{}, rules: rules, changed: make(chan struct{})}
 }
+
+// Viewer returns what u may see under the hub's rules.
+func (h *Hub) Viewer(u User) viewer { return newViewer(h.rules, u) }
 
 // Load sets the replay window from the newest events of the log (oldest
 // first) and the log's head, before any client is served. complete says the
@@ -155,19 +186,25 @@ func (h *Hub) Publish(evs []notify.Event) {
 			h.floor = evicted.Pos
 		}
 		h.head = ev.Pos
-		for c := range h.clients {
-			if c.lagging.Load() {
-				if evicted != nil && c.after.Compare(h.floor) < 0 {
+		if evicted != nil {
+			for c := range h.lagging {
+				if c.after.Compare(h.floor) < 0 {
 					slow = append(slow, c) // what it still needs is gone
 					h.drop(c)
 				}
-				continue
 			}
-			if ev.Pos.Compare(c.after) > 0 && !h.offer(c, e) {
+		}
+		h.stamp++
+		h.index.each(e, func(c *client) {
+			if c.mark == h.stamp || c.lagging.Load() {
+				return
+			}
+			c.mark = h.stamp
+			if ev.Pos.Compare(c.after) > 0 && c.wants(e) && !h.offer(c, e) {
 				slow = append(slow, c)
 				h.drop(c)
 			}
-		}
+		})
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
@@ -186,7 +223,11 @@ func (h *Hub) offer(c *client, e *entry) bool {
 		return true
 	}
 	if c.inflight.Load() >= c.limit {
+		// It has every event it wants before e (live, the index offered it
+		// each; refilling, it walks the window in order).
 		c.lagging.Store(true)
+		h.lagging[c] = struct{}{}
+		c.after = notify.Position{Seq: e.Pos.Seq, ID: e.Pos.ID - 1}
 		return true
 	}
 	c.inflight.Add(1)
@@ -227,7 +268,7 @@ func (h *Hub) kickSlow(c *client) {
 // last event returned, else of the head (commit times increase with commit
 // order, so nothing committed later can be at or before it).
 // changed is closed by the next Publish.
-func (h *Hub) since(t time.Time, limit int) (evs []*entry, serverTime float64, changed <-chan struct{}, err error) {
+func (h *Hub) since(t time.Time, limit int, want func(*entry) bool) (evs []*entry, serverTime float64, changed <-chan struct{}, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
@@ -251,7 +292,9 @@ func (h *Hub) since(t time.Time, limit int) (evs []*entry, serverTime float64, c
 			if len(evs) >= limit && e.Pos.Seq != evs[len(evs)-1].Pos.Seq {
 				break
 			}
-			evs = append(evs, e)
+			if want(e) {
+				evs = append(evs, e)
+			}
 		}
 		if len(evs) > 0 {
 			serverTime = unixSeconds(evs[len(evs)-1].Time)
@@ -263,7 +306,11 @@ func (h *Hub) since(t time.Time, limit int) (evs []*entry, serverTime float64, c
 // drop removes c from the fan-out. Call with h.mu held.
 func (h *Hub) drop(c *client) {
 	c.gone.Store(true)
-	delete(h.clients, c)
+	if _, ok := h.clients[c]; ok {
+		delete(h.clients, c)
+		delete(h.lagging, c)
+		h.index.remove(c)
+	}
 }
 
 // refill pulls events after c's last one from the window into its queue,
@@ -291,6 +338,7 @@ func (h *Hub) refill(c *client) {
 	}
 	if i == h.ring.len() {
 		c.lagging.Store(false) // caught up: live pushes resume
+		delete(h.lagging, c)
 	}
 	h.mu.Unlock()
 }
@@ -361,6 +409,7 @@ func (h *Hub) Attach(ctx context.Context, c *client, last string, from notify.Po
 			fromDB = true
 		}
 		h.clients[c] = struct{}{}
+		h.index.add(c)
 		h.mu.Unlock()
 
 		if fromDB {
@@ -443,6 +492,8 @@ func (h *Hub) Close(ctx context.Context) {
 		h.kick(c, CloseGoingAway, "server shutting down")
 	}
 	clear(h.clients)
+	clear(h.lagging)
+	h.index = newIndex(h.rules)
 	h.mu.Unlock()
 	done := make(chan struct{})
 	go func() { h.kicks.Wait(); close(done) }()
@@ -451,4 +502,25 @@ func (h *Hub) Close(ctx context.Context) {
 	case <-ctx.Done():
 	case <-time.After(5 * time.Second):
 	}
+}
+
+// resubscribe changes c's subscriptions with change and re-files it in the
+// index. ack runs under the hub's lock, after the change: what it queues
+// comes before any event filtered by the new subscriptions. It must only
+// queue (never call back into the hub).
+func (h *Hub) resubscribe(c *client, change func([]*Subscription) ([]*Subscription, error), ack func([]*Subscription, error)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	subs, err := change(c.subs)
+	if err == nil {
+		_, attached := h.clients[c]
+		if attached {
+			h.index.remove(c)
+		}
+		c.subs = subs
+		if attached {
+			h.index.add(c)
+		}
+	}
+	ack(c.subs, err)
 }

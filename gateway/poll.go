@@ -40,11 +40,19 @@ type pollEvent struct {
 }
 
 func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, err := t.auth.Request(r); err != nil {
+	user, err := t.auth.Request(r)
+	if err != nil {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"detail": "Not authenticated"})
 		return
 	}
 	q := r.URL.Query()
+	sub, err := ParseQuery(q)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"detail": err.Error()})
+		return
+	}
+	view := t.hub.Viewer(user)
+	want := func(e *entry) bool { return view.visible(e) && sub.match(e) }
 	since, err := parseSince(q.Get("since"))
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"detail": err.Error()})
@@ -62,7 +70,7 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	deadline := time.NewTimer(time.Duration(timeout) * time.Second)
 	defer deadline.Stop()
 	for {
-		evs, serverTime, changed, err := t.hub.since(since, pollLimit)
+		evs, serverTime, changed, err := t.hub.since(since, pollLimit, want)
 		if err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"detail": err.Error()})
 			return

@@ -22,6 +22,7 @@ type Options struct {
 	MaxConnsPerUser int           // WebSocket connections per user; 0: no limit
 	MaxConns        int           // WebSocket connections in total; 0: no limit
 	AllowedOrigins  []string      // origins allowed to open WebSockets; empty: same host only
+	Visibility      []Rule        // per-table visibility rules; none: everyone sees everything
 }
 
 // Server owns the hub and the HTTP routes.
@@ -42,7 +43,7 @@ func New(logger *slog.Logger, logs Log, ready func() error, opt Options) *Server
 	if opt.Auth == nil {
 		opt.Auth = &Auth{}
 	}
-	hub := NewHub(logger, logs, opt.Window)
+	hub := NewHub(logger, logs, opt.Window, opt.Visibility)
 	s := &Server{hub: hub, opt: opt, done: make(chan struct{}), ready: ready, log: logger}
 	s.ws = newWS(hub, logger, opt)
 	s.sse = &sseTransport{hub: hub, auth: opt.Auth, log: logger, queue: opt.SendQueue, heartbeat: opt.Heartbeat,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/budget-rt/gateway/notify"
@@ -24,14 +23,22 @@ type sseTransport struct {
 func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Operators authenticate like the app's pages (cookie or Bearer), or
 	// with a WebSocket token in ?token= where neither can be sent.
-	if _, err := t.auth.Request(r); err != nil {
-		if tok := r.URL.Query().Get("token"); tok == "" {
-			unauthorized(w)
-			return
-		} else if _, err := t.auth.WSToken(r.Context(), tok); err != nil {
+	user, err := t.auth.Request(r)
+	if err != nil {
+		tok := r.URL.Query().Get("token")
+		if tok == "" {
 			unauthorized(w)
 			return
 		}
+		if user, err = t.auth.WSToken(r.Context(), tok); err != nil {
+			unauthorized(w)
+			return
+		}
+	}
+	sub, err := ParseQuery(r.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
 	}
 	from, err := t.hub.Head()
 	if err != nil {
@@ -42,16 +49,6 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if last == "" {
 		last = r.URL.Query().Get("last_event_id")
 	}
-	var types map[string]bool
-	if s := r.URL.Query().Get("types"); s != "" {
-		types = map[string]bool{}
-		for typ := range strings.SplitSeq(s, ",") {
-			if typ = strings.TrimSpace(typ); typ != "" {
-				types[typ] = true
-			}
-		}
-	}
-
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -66,7 +63,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	sk := &sseSink{q: make(chan *entry, t.queue), gone: make(chan struct{})}
-	c := &client{sink: sk, types: types, limit: int32(t.queue)}
+	c := newClient(sk, t.queue, sub, t.hub.Viewer(user))
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	if err := t.hub.Attach(ctx, c, last, from, out); err != nil {

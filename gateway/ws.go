@@ -28,6 +28,8 @@ type wsConn struct {
 	s      *melody.Session
 	last   string          // ?last_event_id=
 	from   notify.Position // the head before the upgrade
+	sub    *Subscription   // from the query: what it starts subscribed to
+	nsub   int             // subscriptions it named, for ids of unnamed ones
 }
 
 // wsTransport serves the WebSocket endpoint with melody.
@@ -82,6 +84,11 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "forbidden", http.StatusForbidden)
 		return
 	}
+	sub, err := ParseQuery(r.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	// The start position is taken before the upgrade: every event committed
 	// after the handshake completes is after it, so none can slip past while
 	// the connection is being set up.
@@ -90,7 +97,7 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	c := &wsConn{id: uuid.NewString(), user: user, last: r.URL.Query().Get("last_event_id"), from: from}
+	c := &wsConn{id: uuid.NewString(), user: user, last: r.URL.Query().Get("last_event_id"), from: from, sub: sub}
 	if err := t.conns.reserve(c); err != nil {
 		t.log.Info("websocket refused", "reason", err, "user", user.ID)
 		http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
@@ -134,7 +141,7 @@ func connOf(s *melody.Session) *wsConn {
 func (t *wsTransport) connect(s *melody.Session) {
 	c := connOf(s)
 	c.s = s
-	c.client = &client{sink: &wsSink{s: s, timeout: t.writeTimeout}, limit: t.queue}
+	c.client = newClient(&wsSink{s: s, timeout: t.writeTimeout}, int(t.queue), c.sub, t.hub.Viewer(c.user))
 	t.conns.attach(c)
 	out := wsEmitter{s: s, timeout: t.writeTimeout}
 	err := out.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))

@@ -3,14 +3,18 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"time"
 
 	"github.com/olahol/melody"
 )
 
 // message answers the app client's messages: {"type":"ping"} with pong and
-// {"type":"check_online"} with online_status. Anything else, including
-// invalid JSON, is ignored: a client bug must not cost the connection.
+// {"type":"check_online"} with online_status, and changes subscriptions
+// (subscribe, unsubscribe: answered with subscribed, unsubscribed or
+// subscription_error). Anything else, including invalid JSON, is ignored: a
+// client bug must not cost the connection.
 func (t *wsTransport) message(s *melody.Session, msg []byte) {
 	c := connOf(s)
 	if c == nil || c.client == nil {
@@ -29,6 +33,19 @@ func (t *wsTransport) message(s *melody.Session, msg []byte) {
 		t.control(c, controlFrame("pong", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now))
 	case "check_online":
 		t.control(c, controlFrame("online_status", "", map[string]any{"online": true, "timestamp": now.UTC().Format(timeLayout)}, now))
+	case "subscribe", "unsubscribe":
+		var sm subscribeMsg
+		if err := json.Unmarshal(msg, &sm); err != nil {
+			t.resubscribe(c, "", "", func([]*Subscription) ([]*Subscription, error) {
+				return nil, fmt.Errorf("%w: %s", errBadSubscription, clip(err.Error()))
+			}, nil)
+			return
+		}
+		if m.Type == "subscribe" {
+			t.subscribe(c, &sm)
+		} else {
+			t.unsubscribe(c, &sm)
+		}
 	case "pong":
 		// an answer to our ping: reading it already kept the link alive
 	default:
@@ -53,4 +70,71 @@ func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
 			}
 		}
 	}
+}
+
+// subscribe adds the subscription of m, or replaces the one with its id.
+func (t *wsTransport) subscribe(c *wsConn, m *subscribeMsg) {
+	sub, err := parseSubscribe(m)
+	t.resubscribe(c, "subscribed", idOf(m), func(subs []*Subscription) ([]*Subscription, error) {
+		if err != nil {
+			return nil, err
+		}
+		if sub.ID == "" {
+			c.nsub++
+			sub.ID = fmt.Sprintf("s%d", c.nsub)
+		}
+		out := slices.DeleteFunc(slices.Clone(subs), func(s *Subscription) bool { return s.ID == sub.ID })
+		if len(out) >= maxSubscriptions {
+			return nil, fmt.Errorf("%w: at most %d subscriptions per connection", errBadSubscription, maxSubscriptions)
+		}
+		return append(out, sub), nil
+	}, func() string { return sub.ID })
+}
+
+// unsubscribe removes the subscription with m's id. With none left, the
+// connection receives no events until it subscribes again.
+func (t *wsTransport) unsubscribe(c *wsConn, m *subscribeMsg) {
+	t.resubscribe(c, "unsubscribed", idOf(m), func(subs []*Subscription) ([]*Subscription, error) {
+		if m.ID == nil {
+			return nil, fmt.Errorf("%w: unsubscribe needs the id", errBadSubscription)
+		}
+		i := slices.IndexFunc(subs, func(s *Subscription) bool { return s.ID == *m.ID })
+		if i < 0 {
+			return nil, fmt.Errorf("%w: no subscription %q", errBadSubscription, clip(*m.ID))
+		}
+		return slices.Delete(slices.Clone(subs), i, i+1), nil
+	}, func() string { return *m.ID })
+}
+
+// resubscribe applies change in the hub and queues the answer: ok (with the
+// subscription's id and the ids now active) or subscription_error.
+func (t *wsTransport) resubscribe(c *wsConn, ok, asked string, change func([]*Subscription) ([]*Subscription, error), id func() string) {
+	now := time.Now()
+	t.hub.resubscribe(c.client, change, func(subs []*Subscription, err error) {
+		var frame []byte
+		if err != nil {
+			frame = controlFrame("subscription_error", "", map[string]any{"id": asked, "error": err.Error()}, now)
+		} else {
+			ids := make([]string, len(subs))
+			for i, s := range subs {
+				ids[i] = s.ID
+			}
+			frame = controlFrame(ok, "", map[string]any{"id": id(), "subscriptions": ids}, now)
+		}
+		// Queued under the hub's lock (see Hub.resubscribe); a full queue is
+		// dealt with after it.
+		c.client.inflight.Add(1)
+		_ = c.s.Write(frame)
+	})
+	if c.client.sink.(*wsSink).full.Load() {
+		t.hub.kickSlow(c.client)
+	}
+}
+
+// idOf is the id a message named, for error answers ("" when none).
+func idOf(m *subscribeMsg) string {
+	if m.ID == nil {
+		return ""
+	}
+	return clip(*m.ID)
 }

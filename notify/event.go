@@ -73,13 +73,18 @@ const (
 // Event is one committed change of one row.
 type Event struct {
 	Pos       Position
-	Table     string    // tracked table, as rtgw.tracked names it
+	Table     string    // tracked table, as TableName gives it
 	Op        Op        //
 	Type      string    // e.g. budget_fact_created
 	Data      []byte    // compact JSON object: the row, or its key when Truncated
 	Truncated bool      // the row was larger than the limit; Data holds only its key
 	Time      time.Time // commit time
 }
+
+// TableName is how events name a table: schema-qualified, as the capture
+// trigger records it, except for tables in the public schema, which go by
+// their bare name ("facts", "audit.entries").
+func TableName(s string) string { return strings.TrimPrefix(s, "public.") }
 
 // LogValue keeps log lines short: the row itself is not logged.
 func (e Event) LogValue() slog.Value {

@@ -2,7 +2,9 @@ package notify
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 
@@ -69,4 +71,40 @@ FROM rtgw.tracked ORDER BY 1`)
 		return nil, fmt.Errorf("read tracked tables: %w", err)
 	}
 	return out, nil
+}
+
+// ErrRuleMismatch says a visibility rule cannot be enforced on what the
+// table's events carry.
+var ErrRuleMismatch = errors.New("visibility rule does not fit the tracked table")
+
+// CheckRules checks that every rule's table is tracked with events that
+// carry the rule's column, and without batch deletes (a batch lists keys
+// only, so it could not be routed to the right users).
+func CheckRules(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, rules []config.Rule) error {
+	if len(rules) == 0 {
+		return nil
+	}
+	tracked, err := Tracked(ctx, q)
+	if err != nil {
+		return err
+	}
+	byName := map[string]config.Track{}
+	for _, t := range tracked {
+		byName[TableName(t.Table)] = t
+	}
+	var errs []error
+	for _, r := range rules {
+		t, ok := byName[TableName(r.Table)]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("%w: %s is not tracked (tracked tables are named as rtgw.tracked shows them)", ErrRuleMismatch, r.Table))
+		case t.Columns != nil && !slices.Contains(t.Columns, r.Column):
+			errs = append(errs, fmt.Errorf("%w: %s's events do not carry %s; add it to the table's columns", ErrRuleMismatch, r.Table, r.Column))
+		case t.BatchEvent != "":
+			errs = append(errs, fmt.Errorf("%w: %s sends batch deletes (%s), which list keys only; track it without a batch event", ErrRuleMismatch, r.Table, t.BatchEvent))
+		}
+	}
+	return errors.Join(errs...)
 }

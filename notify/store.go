@@ -29,6 +29,9 @@ type Store struct {
 	MaxRowBytes int
 	// PageTx is how many transactions one query reads; zero means 256.
 	PageTx int
+	// KeepColumns names, per table, columns a truncated row keeps besides
+	// its primary key (those visibility rules route by).
+	KeepColumns map[string][]string
 }
 
 // readTxQuery reads whole transactions in commit order. Paging by transaction
@@ -102,6 +105,7 @@ func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows) ([]Event, er
 		if err := rows.Scan(&e.Pos.Seq, &e.Pos.ID, &e.Table, &op, &e.Type, &data, &e.Time); err != nil {
 			return nil, fmt.Errorf("scan event: %w", err)
 		}
+		e.Table = TableName(e.Table)
 		if len(op) == 1 {
 			e.Op = Op(op[0])
 		}
@@ -215,6 +219,11 @@ func (s *Store) truncate(ctx context.Context, q querier, evs []Event) error {
 		err := q.QueryRow(ctx, `SELECT pk FROM rtgw.tracked WHERE tbl = to_regclass($1)`, e.Table).Scan(&pk)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("read key of %s: %w", e.Table, err)
+		}
+		for _, k := range s.KeepColumns[e.Table] {
+			if !slices.Contains(pk, k) {
+				pk = append(pk, k)
+			}
 		}
 		var row map[string]json.RawMessage
 		if err := json.Unmarshal(e.Data, &row); err != nil {

@@ -83,6 +83,7 @@ DECLARE
     sample jsonb;
     keep   text[];
     drops  text[];
+    kdrops text[];
     extra  jsonb := '{}';
     ph     text;
     suffix text := CASE TG_OP WHEN 'INSERT' THEN '_created' WHEN 'UPDATE' THEN '_updated' ELSE '_deleted' END;
@@ -94,16 +95,19 @@ BEGIN
 
     -- Every row of one statement has the same keys: work out once which to
     -- drop, then project each row with jsonb - text[].
+    -- A delete carries the row as it was, projected like an insert: the
+    -- whole key, and the columns subscriptions and visibility rules filter on
+    -- (a delete carrying only its key could not be routed to the users who
+    -- saw the row).
     IF TG_OP = 'DELETE' THEN
         SELECT to_jsonb(o) INTO sample FROM old_rows o LIMIT 1;
-        keep := cfg.pk;
     ELSE
         SELECT to_jsonb(n) INTO sample FROM new_rows n LIMIT 1;
-        keep := CASE WHEN cfg.columns IS NULL THEN NULL ELSE cfg.columns || cfg.pk END;
     END IF;
     IF sample IS NULL THEN
         RETURN NULL; -- the statement changed no row
     END IF;
+    keep := CASE WHEN cfg.columns IS NULL THEN NULL ELSE cfg.columns || cfg.pk END;
     drops := ARRAY(SELECT k FROM jsonb_object_keys(sample) AS k
                    WHERE keep IS NOT NULL AND k <> ALL (keep));
     -- Values the backend set with SET LOCAL (its tab_origin_id, say); an
@@ -119,13 +123,16 @@ BEGIN
     IF TG_OP = 'DELETE' AND cfg.batch_event IS NOT NULL THEN
         -- (nested: old_rows may only be named where it exists)
         IF (SELECT count(*) > 1 FROM old_rows) THEN
+        -- A batch lists keys only: up to 1,000 whole rows would make frames
+        -- too large to send.
+        kdrops := ARRAY(SELECT k FROM jsonb_object_keys(sample) AS k WHERE k <> ALL (cfg.pk));
         -- One event per 1,000 rows instead of one per row: a 10,000-row
         -- DELETE costs 10 frames per socket. It lists the first key column
         -- (the app's fact_ids) and the whole keys.
         INSERT INTO rtgw.event (xid, tbl, op, type, data)
         SELECT me, cfg.tbl::text, 'D', cfg.batch_event,
                jsonb_build_object(coalesce(cfg.batch_key, 'ids'), jsonb_agg(j -> cfg.pk[1] ORDER BY ord),
-                                  'keys', jsonb_agg(j - drops ORDER BY ord),
+                                  'keys', jsonb_agg(j - kdrops ORDER BY ord),
                                   'deleted_count', count(*)) || extra
         FROM (SELECT to_jsonb(o) AS j, row_number() OVER () - 1 AS ord FROM old_rows o) r
         GROUP BY ord / 1000

@@ -167,7 +167,8 @@ func TestCommitOrderBeatsWriteOrder(t *testing.T) {
 	}
 }
 
-// Updates, deletes and partition moves have the right names and payloads.
+// Updates, deletes and partition moves have the right names and payloads;
+// a delete carries the row as it was (so filters can route it).
 func TestChangeKinds(t *testing.T) {
 	t.Parallel()
 	db := newTestDB(t)
@@ -191,11 +192,11 @@ func TestChangeKinds(t *testing.T) {
 		{"budget_fact_created", fmt.Sprintf(`{"id":%d,"article_id":1,"amount":10,"fact_date":"2026-01-15","description":null,"record_type":"fact"}`, id)},
 		{"budget_fact_updated", fmt.Sprintf(`{"id":%d,"article_id":1,"amount":11,"fact_date":"2026-01-15","description":null,"record_type":"fact"}`, id)},
 		{"budget_fact_updated", fmt.Sprintf(`{"id":%d,"article_id":1,"amount":11,"fact_date":"2026-02-20","description":null,"record_type":"fact"}`, id)},
-		{"budget_fact_deleted", fmt.Sprintf(`{"id":%d,"fact_date":"2026-02-20"}`, id)},
+		{"budget_fact_deleted", fmt.Sprintf(`{"id":%d,"article_id":1,"amount":11,"fact_date":"2026-02-20","description":null,"record_type":"fact"}`, id)},
 		{"budget_fact_created", ""},
 		{"article_created", `{"id":1,"name":"food","type":"expense","is_active":true}`},
 		{"article_updated", `{"id":1,"name":"groceries","type":"expense","is_active":true}`},
-		{"article_deleted", `{"id":1}`},
+		{"article_deleted", `{"id":1,"name":"groceries","type":"expense","is_active":true}`},
 	}
 	got := c.take(t, len(want))
 	for i, w := range want {

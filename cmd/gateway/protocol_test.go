@@ -491,7 +491,7 @@ func TestProtocolFrames(t *testing.T) {
 	}
 
 	// Junk is ignored: no answer, no close.
-	for _, m := range []string{`{"type":"subscribe","channel":"x"}`, `{"type":123}`, `{"no":"type"}`, `null`, `[1,2]`,
+	for _, m := range []string{`{"type":"join","channel":"x"}`, `{"type":123}`, `{"no":"type"}`, `null`, `[1,2]`,
 		`not json`, `{"type":"ping"`, ``, `{"type":"pong"}`} {
 		if err := c.conn.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
 			t.Fatalf("write %q: %v", m, err)
@@ -1182,13 +1182,15 @@ func TestProtocolAppSchema(t *testing.T) {
 		t.Fatalf("plan update: %s %s, want plan_updated with tab-8", f.Type, f.Data)
 	}
 
-	// A single delete carries the key and the tab id.
+	// A single delete carries the row as it was (the app's client reads its
+	// id), through the same whitelist, and the tab id.
 	db.exec(t, `DELETE FROM t_f_budget_fact WHERE id = $1`, id1)
 	f = c.protoNextNonPing(t, 10*time.Second)
 	if f.Type != "fact_deleted" {
 		t.Fatalf("fact delete: %s, want fact_deleted", f.Type)
 	}
-	protoExactData(t, f, fmt.Sprintf(`{"id":%d,"fact_date":"2026-01-15","tab_origin_id":null}`, id1))
+	protoExactData(t, f, fmt.Sprintf(`{"id":%d,"article_id":%d,"financial_center_id":4,"cost_center_id":null,"amount":7,
+		"fact_date":"2026-01-15","description":"rye","record_type":"fact","transfer_id":null,"tab_origin_id":null}`, id1, art))
 
 	// A DELETE of 2,500 rows (across partitions) in one statement: three
 	// batch events listing every deleted id once.

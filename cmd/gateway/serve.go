@@ -43,7 +43,17 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	}
 	defer pool.Close()
 
-	store := &notify.Store{Pool: pool, MaxRowBytes: cfg.MaxRowBytes}
+	rules := cfg.Rules()
+	store := &notify.Store{Pool: pool, MaxRowBytes: cfg.MaxRowBytes, KeepColumns: map[string][]string{}}
+	var vis []gateway.Rule
+	var claims []string
+	for _, r := range rules {
+		table := notify.TableName(r.Table)
+		vis = append(vis, gateway.Rule{Table: table, Column: r.Column, Claim: r.Claim})
+		claims = append(claims, r.Claim)
+		// A truncated row keeps the rule's column, so it still reaches its users.
+		store.KeepColumns[table] = append(store.KeepColumns[table], r.Column)
+	}
 	follower := &notify.Follower{
 		Store:        store,
 		Logger:       logger,
@@ -55,7 +65,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 			return pgx.ConnectConfig(ctx, cc)
 		},
 	}
-	auth := &gateway.Auth{Secret: []byte(cfg.JWTSecret)}
+	auth := &gateway.Auth{Secret: []byte(cfg.JWTSecret), Claims: claims}
 	if cfg.JWTSecret == "" {
 		logger.Warn("AUTHENTICATION IS OFF (GATEWAY_INSECURE_NO_AUTH=true): anyone who reaches this gateway reads every event")
 	}
@@ -85,6 +95,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		SendQueue:       cfg.SendQueue,
 		WriteTimeout:    cfg.WriteTimeout,
 		Heartbeat:       cfg.Heartbeat,
+		Visibility:      vis,
 	})
 	follower.Publish = srv.Hub().Publish
 	follower.Trim = srv.Hub().Trim
@@ -98,7 +109,10 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		head, err := load(gctx, logger, store, srv.Hub(), cfg.ReplayEvents)
+		head, err := load(gctx, logger, store, srv.Hub(), cfg.ReplayEvents, rules)
+		if errors.Is(err, notify.ErrRuleMismatch) {
+			return err
+		}
 		if err != nil {
 			return nil // ctx ended while the database was unreachable
 		}
@@ -134,10 +148,22 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 
 // load fills the replay window from the event log, retrying with backoff
 // while the database is unreachable; clients are refused (503) until then.
-func load(ctx context.Context, logger *slog.Logger, store *notify.Store, hub *gateway.Hub, window int) (notify.Position, error) {
+// The visibility rules are checked against the tracked tables first: a rule
+// that cannot be enforced stops the gateway rather than leak or drop rows.
+func load(ctx context.Context, logger *slog.Logger, store *notify.Store, hub *gateway.Hub, window int, rules []config.Rule) (notify.Position, error) {
 	delay := 100 * time.Millisecond
 	for {
-		evs, head, err := store.Latest(ctx, window)
+		err := notify.CheckRules(ctx, store.Pool, rules)
+		if errors.Is(err, notify.ErrRuleMismatch) {
+			return notify.Position{}, fmt.Errorf("check GATEWAY_VISIBILITY: %w", err)
+		}
+		var (
+			evs  []notify.Event
+			head notify.Position
+		)
+		if err == nil {
+			evs, head, err = store.Latest(ctx, window)
+		}
 		if err == nil {
 			hub.Load(evs, head, len(evs) < window)
 			logger.Info("replay window loaded", "events", len(evs), "head", head.String())
