@@ -257,3 +257,24 @@ func BenchmarkPublishFiltered(b *testing.B) {
 		}
 	}
 }
+
+// A WebSocket token the gateway mints from the cookie carries the claims
+// the visibility rules read, so the socket sees what the cookie's owner may.
+func TestMintedTokenKeepsRuleClaims(t *testing.T) {
+	a := &Auth{Secret: []byte("secret"), Claims: []string{ClaimUser, "families"}}
+	u := a.user(7, map[string]any{"user_id": 7.0, "families": []any{10.0, "11", true, map[string]any{}}})
+	if want := []string{"10", "11", "true"}; !slices.Equal(u.Claims["families"], want) {
+		t.Fatalf("claims from the access token: %q, want %q", u.Claims["families"], want)
+	}
+	tok, err := a.MintWS(u, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.WSToken(t.Context(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != 7 || !slices.Equal(got.Claims["families"], u.Claims["families"]) || !slices.Equal(got.Claims[ClaimUser], []string{"7"}) {
+		t.Fatalf("minted token gives %+v, want the cookie's %+v", got, u)
+	}
+}
