@@ -2,14 +2,14 @@ package main
 
 import (
 	"fmt"
-
-	"github.com/gorilla/websocket"
 	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // TestSoak holds thousands of connections under steady writes for a while
