@@ -56,6 +56,14 @@ type testDB struct {
 
 func newTestDB(t *testing.T) *testDB {
 	t.Helper()
+	db := newBareDB(t, schema)
+	db.migrate(t)
+	return db
+}
+
+// newBareDB is a fresh database with the given SQL run, not migrated.
+func newBareDB(t *testing.T, sql ...string) *testDB {
+	t.Helper()
 	url := pgtest.NewDatabase(t)
 	pool, err := pgxpool.New(t.Context(), url)
 	if err != nil {
@@ -63,12 +71,21 @@ func newTestDB(t *testing.T) *testDB {
 	}
 	t.Cleanup(pool.Close)
 	db := &testDB{url: url, pool: pool}
-	db.exec(t, schema)
-	var out strings.Builder
-	if err := run(t.Context(), []string{"migrate"}, db.environ(), &out, io.Discard); err != nil {
-		t.Fatalf("gateway migrate: %v", err)
+	for _, s := range sql {
+		db.exec(t, s)
 	}
 	return db
+}
+
+// migrate runs the real `gateway migrate` with extra environment, and
+// returns what it printed.
+func (db *testDB) migrate(t *testing.T, extra ...string) string {
+	t.Helper()
+	var out strings.Builder
+	if err := run(t.Context(), []string{"migrate"}, db.environ(extra...), &out, io.Discard); err != nil {
+		t.Fatalf("gateway migrate: %v", err)
+	}
+	return out.String()
 }
 
 func (db *testDB) environ(extra ...string) []string {

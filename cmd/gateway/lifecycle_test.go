@@ -20,11 +20,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
 	"github.com/budget-rt/gateway/gateway"
-	"github.com/budget-rt/gateway/notify/pgtest"
 )
 
 // Shutdown (in-process): every WebSocket gets 1001, every SSE stream ends
@@ -547,20 +545,6 @@ func TestReadinessWaitsForMigrate(t *testing.T) {
 }
 
 // --- helpers ---
-
-// newBareDB is a database with the app's tables but without migrate.
-func newBareDB(t *testing.T) *testDB {
-	t.Helper()
-	url := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(t.Context(), url)
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	db := &testDB{url: url, pool: pool}
-	db.exec(t, schema)
-	return db
-}
 
 // startGatewayNoWait is startGateway without waiting for readiness.
 func startGatewayNoWait(t *testing.T, db *testDB, extra ...string) *gw {

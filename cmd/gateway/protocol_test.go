@@ -19,10 +19,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
-	"github.com/budget-rt/gateway/notify/pgtest"
 )
 
 // The app's drop-in protocol (the FastAPI backend's routes, frames and
@@ -1053,20 +1051,9 @@ const protoAppTrack = "t_f_budget_fact:{record_type}:id|article_id|financial_cen
 // app's GATEWAY_TRACK.
 func protoNewAppDB(t *testing.T) *testDB {
 	t.Helper()
-	u := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(t.Context(), u)
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	db := &testDB{url: u, pool: pool}
-	db.exec(t, protoAppSchema)
-	var out strings.Builder
-	if err := run(t.Context(), []string{"migrate"}, db.environ("GATEWAY_TRACK="+protoAppTrack), &out, io.Discard); err != nil {
-		t.Fatalf("gateway migrate: %v", err)
-	}
-	if !strings.Contains(out.String(), "facts_batch_deleted") {
-		t.Fatalf("migrate output does not mention the batch event:\n%s", out.String())
+	db := newBareDB(t, protoAppSchema)
+	if out := db.migrate(t, "GATEWAY_TRACK="+protoAppTrack); !strings.Contains(out, "facts_batch_deleted") {
+		t.Fatalf("migrate output does not mention the batch event:\n%s", out)
 	}
 	return db
 }

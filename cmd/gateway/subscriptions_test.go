@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,10 +14,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
-	"github.com/budget-rt/gateway/notify/pgtest"
 )
 
 // Subscriptions and visibility, over real sockets on every transport.
@@ -45,18 +42,8 @@ const subsRules = "GATEWAY_VISIBILITY=notes:user_id=user,ledgers:family_id=famil
 
 func newSubsDB(t *testing.T) *testDB {
 	t.Helper()
-	u := pgtest.NewDatabase(t)
-	pool, err := pgxpool.New(t.Context(), u)
-	if err != nil {
-		t.Fatalf("open pool: %v", err)
-	}
-	t.Cleanup(pool.Close)
-	db := &testDB{url: u, pool: pool}
-	db.exec(t, schema)
-	db.exec(t, subsSchema)
-	if err := run(t.Context(), []string{"migrate"}, db.environ(subsTrack), io.Discard, io.Discard); err != nil {
-		t.Fatalf("gateway migrate: %v", err)
-	}
+	db := newBareDB(t, schema, subsSchema)
+	db.migrate(t, subsTrack)
 	return db
 }
 
@@ -131,34 +118,45 @@ func sseLabels(t testing.TB, c *sseClient, end string) []string {
 	}
 }
 
+// pollPage polls once (answering at the first event) and returns the
+// events' labels and server_time.
+func pollPage(t testing.TB, g *gw, auth protoAuth, since, query string) ([]string, string) {
+	t.Helper()
+	code, b := protoCall(t, http.MethodGet, fmt.Sprintf("%s/api/v1/budget/poll?since=%s&timeout=10&%s", g.base, since, query), "", auth)
+	if code != http.StatusOK {
+		t.Fatalf("poll %s: %d %s", query, code, b)
+	}
+	var a struct {
+		Events []struct {
+			Type string          `json:"type"`
+			Data json.RawMessage `json:"data"`
+		} `json:"events"`
+		ServerTime float64 `json:"server_time"`
+	}
+	if err := json.Unmarshal(b, &a); err != nil {
+		t.Fatalf("poll answer %s: %v", b, err)
+	}
+	var out []string
+	for _, e := range a.Events {
+		out = append(out, label(t, e.Type, e.Data))
+	}
+	return out, protoSince(a.ServerTime)
+}
+
 // pollLabels pages /poll from since 0 until the label end.
 func pollLabels(t testing.TB, g *gw, auth protoAuth, query, end string) []string {
 	t.Helper()
 	var out []string
 	since := "0"
 	for range 100 {
-		code, b := protoCall(t, http.MethodGet, fmt.Sprintf("%s/api/v1/budget/poll?since=%s&timeout=10&%s", g.base, since, query), "", auth)
-		if code != http.StatusOK {
-			t.Fatalf("poll %s: %d %s", query, code, b)
-		}
-		var a struct {
-			Events []struct {
-				Type string          `json:"type"`
-				Data json.RawMessage `json:"data"`
-			} `json:"events"`
-			ServerTime float64 `json:"server_time"`
-		}
-		if err := json.Unmarshal(b, &a); err != nil {
-			t.Fatalf("poll answer %s: %v", b, err)
-		}
-		for _, e := range a.Events {
-			l := label(t, e.Type, e.Data)
+		var page []string
+		page, since = pollPage(t, g, auth, since, query)
+		for _, l := range page {
 			if l == end {
 				return out
 			}
 			out = append(out, l)
 		}
-		since = protoSince(a.ServerTime)
 	}
 	t.Fatalf("poll %s: no %s after 100 pages", query, end)
 	return nil
@@ -365,23 +363,7 @@ func wsLabelsN(t testing.TB, c *wsClient, n int) []string {
 // pollLabelsN pages /poll from since 0 until it has n events.
 func pollLabelsN(t testing.TB, g *gw, query string, n int) []string {
 	t.Helper()
-	code, b := protoCall(t, http.MethodGet, fmt.Sprintf("%s/api/v1/budget/poll?since=0&timeout=10&%s", g.base, query), "", protoNoAuth)
-	if code != http.StatusOK {
-		t.Fatalf("poll %s: %d %s", query, code, b)
-	}
-	var a struct {
-		Events []struct {
-			Type string          `json:"type"`
-			Data json.RawMessage `json:"data"`
-		} `json:"events"`
-	}
-	if err := json.Unmarshal(b, &a); err != nil {
-		t.Fatalf("poll answer %s: %v", b, err)
-	}
-	var out []string
-	for _, e := range a.Events {
-		out = append(out, label(t, e.Type, e.Data))
-	}
+	out, _ := pollPage(t, g, protoNoAuth, "0", query)
 	if len(out) != n {
 		t.Fatalf("poll %s: %q, want %d events", query, out, n)
 	}
