@@ -188,7 +188,7 @@ func TestBinary(t *testing.T) {
 
 	t.Run("migrate", func(t *testing.T) {
 		t.Parallel()
-		db := newBareDB(t)
+		db := newBareDB(t, schema)
 		db.exec(t, `INSERT INTO facts (amount, fact_date) VALUES (1, '2026-01-01'), (2, '2026-02-01')`)
 		db.exec(t, `INSERT INTO articles (name) VALUES ('before')`)
 		migrate := func(args ...string) string {
@@ -493,7 +493,7 @@ func TestSSEResume(t *testing.T) {
 // a restart.
 func TestReadinessWaitsForMigrate(t *testing.T) {
 	t.Parallel()
-	db := newBareDB(t)
+	db := newBareDB(t, schema)
 	g := startGatewayNoWait(t, db)
 
 	code, body, err := getJSON(g.base + "/healthz")
