@@ -69,15 +69,7 @@ func demo(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	getenv := func(key string) string {
-		v := ""
-		for _, kv := range environ {
-			if k, val, ok := strings.Cut(kv, "="); ok && k == key {
-				v = val
-			}
-		}
-		return v
-	}
+	getenv := func(key string) string { return lookupEnv(environ, key) }
 
 	dbURL := getenv("DATABASE_URL")
 	if dbURL == "" {
