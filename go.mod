@@ -15,6 +15,7 @@ require (
 	github.com/olahol/melody v1.3.0
 	github.com/rs/zerolog v1.28.0
 	github.com/tmaxmax/go-sse v0.11.0
+	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/sync v0.24.0
 	golang.org/x/term v0.47.0
 )

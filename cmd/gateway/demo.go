@@ -21,33 +21,8 @@ import (
 	"github.com/budget-rt/gateway/config"
 	"github.com/budget-rt/gateway/notify"
 	"github.com/budget-rt/gateway/notify/pgcluster"
+	rtsql "github.com/budget-rt/gateway/sql"
 )
-
-// demoSchema is a small version of the app's tables (see the README's
-// protocol section): facts with the data the app's events carry, and
-// articles. IF NOT EXISTS: with DATABASE_URL the tables may be there.
-const demoSchema = `
-CREATE TABLE IF NOT EXISTS articles (
-    id        serial PRIMARY KEY,
-    name      varchar(255) NOT NULL,
-    type      varchar(20) NOT NULL DEFAULT 'expense',
-    is_active boolean NOT NULL DEFAULT true
-);
-CREATE TABLE IF NOT EXISTS facts (
-    id                  serial PRIMARY KEY,
-    article_id          int NOT NULL,
-    financial_center_id int,
-    cost_center_id      int,
-    amount              bigint NOT NULL CHECK (amount >= 0),
-    fact_date           date NOT NULL DEFAULT current_date,
-    description         text,
-    record_type         varchar(10) NOT NULL DEFAULT 'fact',
-    transfer_id         bigint
-);
-INSERT INTO articles (name, type)
-SELECT name, type FROM (VALUES ('Groceries', 'expense'), ('Rent', 'expense'), ('Salary', 'income'),
-                               ('Transport', 'expense'), ('Cafe', 'expense')) AS a(name, type)
-WHERE NOT EXISTS (SELECT 1 FROM articles);`
 
 // demoTrack is what the demo tracks, whatever GATEWAY_TRACK says: the
 // tables it writes to.
@@ -154,7 +129,7 @@ func demoSetup(ctx context.Context, dbURL string) error {
 		return fmt.Errorf("connect to database: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, demoSchema); err != nil {
+	if _, err := conn.Exec(ctx, rtsql.DemoTables); err != nil {
 		return fmt.Errorf("create the demo tables: %w", err)
 	}
 	tracks, err := config.ParseTrack(demoTrack)
