@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -604,4 +605,46 @@ func runningWithArg(s string) []int {
 		out = append(out, pid)
 	}
 	return out
+}
+
+// The demo's page in headless Chromium: client.js connects over the
+// WebSocket without a token (the demo has no authentication, so /ws/token
+// answers 404) and the sample changes appear as rows.
+func TestDemoPageInBrowser(t *testing.T) {
+	requireBrowser(t)
+	dbURL := pgtest.NewDatabase(t)
+	out := newLineWriter()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"demo", "--every", "100ms"},
+			[]string{"DATABASE_URL=" + dbURL, "GATEWAY_ADDR=127.0.0.1:0", "GATEWAY_LOG_LEVEL=warn"}, out, newLineWriter())
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("demo returned %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("demo still running 20s after cancel")
+		}
+	})
+	base := out.waitMatch(t, `^  page +(http://127\.0\.0\.1:\d+)/$`, 60*time.Second)[1]
+
+	browser := startBrowser(t)
+	pctx, pcancel := chromedp.NewContext(browser)
+	t.Cleanup(pcancel)
+	if err := chromedp.Do(pctx, chromedp.Navigate(base+"/")); err != nil {
+		t.Fatalf("open the demo page: %v", err)
+	}
+	_, err := chromedp.Run(pctx, chromedp.Poll[chromedp.Void](
+		`document.getElementById('state').textContent === 'open' && document.getElementById('transport').textContent === 'over ws' &&
+		 document.querySelectorAll('#events tr').length >= 3`,
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second)))
+	if err != nil {
+		html, _ := chromedp.Run(pctx, chromedp.Evaluate[string](`document.body.innerText`))
+		t.Fatalf("the demo page shows no events over the WebSocket: %v\n%s", err, html)
+	}
 }
