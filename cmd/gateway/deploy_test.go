@@ -2,7 +2,7 @@ package main
 
 // The deploy files without a Docker engine: docker-compose.yml is parsed and
 // checked against the repository (files, commands, settings), and its
-// pieces run for real: the db's init script on PostgreSQL, `migrate` and
+// pieces run for real (TestOpsBinary/compose): the db's init script on PostgreSQL, `migrate` and
 // `serve` as the built binary with the compose environment, the image's
 // HEALTHCHECK command, and nginx with deploy/nginx/compose.conf.
 
@@ -219,16 +219,15 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
-// The compose stack's pieces, run as compose would run them but without
+// testComposeStack (TestOpsBinary/compose): the compose stack's pieces, run
+// as compose would run them but without
 // Docker: the db's init script, migrate and serve as the binary with the
 // compose environment (only the database and the port differ), the image's
 // HEALTHCHECK, and nginx with compose.conf in front; an event committed to
 // the example tables arrives through nginx.
-func TestComposeStackWithoutDocker(t *testing.T) {
-	t.Parallel()
+func testComposeStack(t *testing.T, bin string) {
 	requireNginx(t)
 	c := loadCompose(t)
-	bin := buildGateway(t)
 	dbURL := pgtest.NewDatabase(t)
 	ctx := t.Context()
 

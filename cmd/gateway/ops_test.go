@@ -408,18 +408,31 @@ func TestHealthcheck(t *testing.T) {
 	}
 }
 
-// `gateway demo` as a newcomer runs it: the built binary, no DATABASE_URL,
-// no settings. It prints loopback URLs that work (page, client.js, SSE,
-// WebSocket, and the tail and healthcheck commands against it), events
-// flow on their own, and Ctrl-C (SIGINT to its process group, as a
-// terminal sends it) stops it with status 0, leaving no process, no
-// PostgreSQL and no directory behind.
-func TestDemoBinary(t *testing.T) {
+// TestOpsBinary builds the binary once for the tests that run it as people
+// and images do (a build is the costliest step of each).
+func TestOpsBinary(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
 		t.Skip("needs PostgreSQL; skipped in -short mode")
 	}
 	bin := buildGateway(t)
+	t.Run("demo", func(t *testing.T) {
+		t.Parallel()
+		testDemoBinary(t, bin)
+	})
+	t.Run("compose", func(t *testing.T) {
+		t.Parallel()
+		testComposeStack(t, bin)
+	})
+}
+
+// testDemoBinary: `gateway demo` as a newcomer runs it: the built binary, no DATABASE_URL,
+// no settings. It prints loopback URLs that work (page, client.js, SSE,
+// WebSocket, and the tail and healthcheck commands against it), events
+// flow on their own, and Ctrl-C (SIGINT to its process group, as a
+// terminal sends it) stops it with status 0, leaving no process, no
+// PostgreSQL and no directory behind.
+func testDemoBinary(t *testing.T, bin string) {
 	out, stderr := newLineWriter(), newLineWriter()
 	cmd := exec.Command(bin, "demo", "--every", "200ms")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GATEWAY_LOG_FORMAT=text"}
