@@ -211,7 +211,7 @@ func (t *tailer) stream(ctx context.Context) (opened bool, err error) {
 	return true, context.Cause(ctx)
 }
 
-// frame is an event (or reset) as the gateway encodes it.
+// tailFrame is an event (or reset) as the gateway encodes it.
 type tailFrame struct {
 	ID        string          `json:"id"`
 	Type      string          `json:"type"`
