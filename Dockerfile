@@ -13,5 +13,8 @@ COPY --from=build /out/gateway /gateway
 USER nonroot:nonroot
 EXPOSE 8080
 ENV GATEWAY_ADDR=:8080
+# Distroless has no curl: the binary checks itself (GET /readyz on
+# GATEWAY_ADDR, healthy while it can deliver events).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["/gateway", "healthcheck"]
 ENTRYPOINT ["/gateway"]
 CMD ["serve"]

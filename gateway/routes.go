@@ -75,6 +75,7 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.Handle("GET /api/v1/budget/poll", s.poll)
 	mux.Handle("GET /api/v1/budget/events", s.sse)
+	mux.HandleFunc("GET /api/v1/budget/client.js", serveClientJS)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})

@@ -18,6 +18,12 @@ var Install string
 //go:embed uninstall.sql
 var Uninstall string
 
+// DemoTables creates the example tables facts and articles (if absent) for
+// `gateway demo` and the compose file; the app has its own.
+//
+//go:embed examples/demo-tables.sql
+var DemoTables string
+
 // Schema is the schema Install creates; every object lives in it.
 const Schema = "rtgw"
 

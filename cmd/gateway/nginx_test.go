@@ -101,16 +101,27 @@ const nginxBlockWS = `        location = /api/v1/budget/ws {
         }
 `
 
+// nginxBlockSSE refuses the SSE route at the proxy, as nginxBlockWS does
+// the WebSocket.
+const nginxBlockSSE = `        location = /api/v1/budget/events {
+            return 403;
+        }
+`
+
 // nginxOption changes the test server.
 type nginxOption func(*nginxSettings)
 
 type nginxSettings struct {
-	blockWS bool
-	root    string
+	blockWS  bool
+	blockSSE bool
+	root     string
 }
 
 // withBlockedWS makes nginx answer 403 to the WebSocket route.
 func withBlockedWS() nginxOption { return func(s *nginxSettings) { s.blockWS = true } }
+
+// withBlockedSSE makes nginx answer 403 to the SSE route.
+func withBlockedSSE() nginxOption { return func(s *nginxSettings) { s.blockSSE = true } }
 
 // withRoot serves static files from dir at / (default: ./testdata).
 func withRoot(dir string) nginxOption { return func(s *nginxSettings) { s.root = dir } }
@@ -178,7 +189,10 @@ func startNginxServer(t testing.TB, upstream string, opts ...nginxOption) *nginx
 		}
 		block := ""
 		if st.blockWS {
-			block = nginxBlockWS
+			block += nginxBlockWS
+		}
+		if st.blockSSE {
+			block += nginxBlockSSE
 		}
 		conf := strings.NewReplacer("{{user}}", user, "{{upstream}}", upstream, "{{listen}}", listen,
 			"{{root}}", root, "{{block}}", block).Replace(nginxTestServer)

@@ -17,10 +17,17 @@ import (
 const usage = `usage: gateway [command]
 
 commands:
+  demo [--every 2s]     try it: a throwaway PostgreSQL (or DATABASE_URL), sample
+                        tables and changes, the gateway on 127.0.0.1:8080 without
+                        authentication; Ctrl-C removes everything
   serve                 run the gateway (default)
   migrate [--uninstall] install or upgrade the SQL and track the tables of
                         GATEWAY_TRACK; --uninstall removes everything it made
   config                print every setting: variable, default, meaning
+  tail [--json] [--types a,b] [--from ID] [--url URL] [--token T]
+                        follow the event stream, one line per event
+  healthcheck [--live]  exit 0 when the gateway at GATEWAY_ADDR is ready
+                        (/readyz; --live: /healthz), 1 otherwise
 
 Settings come from the environment; see the README.`
 
@@ -40,6 +47,12 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return serve(ctx, cfg, newLogger(cfg, stderr), nil)
 	case "migrate":
 		return migrate(ctx, args, environ, stdout, stderr)
+	case "demo":
+		return demo(ctx, args, environ, stdout, stderr)
+	case "tail":
+		return tail(ctx, args, environ, stdout, stderr)
+	case "healthcheck":
+		return healthcheck(ctx, args, environ, stdout, stderr)
 	case "config":
 		for _, st := range config.Settings() {
 			def := st.Default

@@ -21,6 +21,12 @@ import (
 // serve runs the gateway until ctx ends. It listens on cfg.Addr unless ln is
 // given (tests pass their own listener to learn the port).
 func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.Listener) error {
+	return serveWith(ctx, cfg, logger, ln, nil)
+}
+
+// serveWith is serve with wrap, when not nil, around the gateway's routes
+// (the demo adds its page).
+func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.Listener, wrap func(http.Handler) http.Handler) error {
 	if err := cfg.CheckServe(); err != nil {
 		return err
 	}
@@ -100,8 +106,12 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 	follower.Publish = srv.Hub().Publish
 	follower.Trim = srv.Hub().Trim
 
+	handler := srv.Handler()
+	if wrap != nil {
+		handler = wrap(handler)
+	}
 	httpSrv := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// No WriteTimeout: streams live for hours; each write has its own deadline.

@@ -189,17 +189,3 @@ func TestReplaceDatabase(t *testing.T) {
 		t.Fatal("keyword/value DSN accepted; want an error naming " + EnvURL)
 	}
 }
-
-func TestGlobByVersionNewestFirst(t *testing.T) {
-	dir := t.TempDir()
-	for _, v := range []string{"9.6", "15", "10", "16"} {
-		if err := os.MkdirAll(dir+"/"+v+"/bin", 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := strings.Join(globByVersion(dir+"/*/bin"), " ")
-	want := strings.Join([]string{dir + "/16/bin", dir + "/15/bin", dir + "/10/bin", dir + "/9.6/bin"}, " ")
-	if got != want {
-		t.Fatalf("globByVersion = %s; want %s", got, want)
-	}
-}
