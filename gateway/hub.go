@@ -228,6 +228,14 @@ func (h *Hub) offer(c *client, e *entry) bool {
 		c.lagging.Store(true)
 		h.lagging[c] = struct{}{}
 		c.after = notify.Position{Seq: e.Pos.Seq, ID: e.Pos.ID - 1}
+		// The transport pulls the rest as its queue drains (client.sent).
+		// Had the queue drained between the check above and the Store,
+		// every sent would have seen lagging false and nothing would ever
+		// pull: look again, and pull on its behalf (refill waits for the
+		// lock this caller holds).
+		if c.inflight.Load() <= c.limit/2 {
+			go h.refill(c)
+		}
 		return true
 	}
 	c.inflight.Add(1)
