@@ -15,6 +15,7 @@ require (
 	github.com/olahol/melody v1.3.0
 	github.com/rs/zerolog v1.28.0
 	golang.org/x/sync v0.24.0
+	golang.org/x/time v0.16.0
 )
 
 require (

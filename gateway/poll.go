@@ -20,11 +20,20 @@ import (
 // of the newest event answered (or of the head), never the clock: commit
 // times increase with commit order, so "events after server_time" can never
 // skip one that was committed but not yet read when the answer went out.
+//
+// A poll has no queue: its answer is built from the shared window when it
+// is sent, at most pollLimit events (plus the rest of the last one's
+// transaction), and written under the write timeout. A client that does not
+// read it in time is cut, and polls again from the same since.
 type pollTransport struct {
-	hub  *Hub
-	auth *Auth
-	log  *slog.Logger
-	done <-chan struct{}
+	hub          *Hub
+	auth         *Auth
+	log          *slog.Logger
+	done         <-chan struct{}
+	writeTimeout time.Duration
+	polls        slots // in progress, at most GATEWAY_MAX_POLLERS
+	addrs        *addrSlots
+	clients      clientAddrs
 }
 
 // pollLimit caps one answer (at a transaction boundary: see Hub.since); the
@@ -58,13 +67,25 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	timeout = min(timeout, 30)
+	release, ok := admit(w, &t.polls, t.addrs, t.clients.of(r), "long-polls")
+	if !ok {
+		return
+	}
+	defer release()
+	// The server has no WriteTimeout (streams live for hours): the answer
+	// gets its own deadline, set when it is written.
+	rc := http.NewResponseController(w)
+	answer := func(code int, v any) {
+		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
+		writeJSON(w, code, v)
+	}
 
 	deadline := time.NewTimer(time.Duration(timeout) * time.Second)
 	defer deadline.Stop()
 	for {
 		evs, serverTime, changed, err := t.hub.since(since, pollLimit)
 		if err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"detail": err.Error()})
+			answer(http.StatusServiceUnavailable, map[string]string{"detail": err.Error()})
 			return
 		}
 		if len(evs) > 0 || timeout == 0 {
@@ -72,18 +93,18 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			for i, e := range evs {
 				out[i] = pollEvent{ID: e.Pos.String(), Type: e.Type, Data: e.Data, Truncated: e.Truncated, Timestamp: unixSeconds(e.Time)}
 			}
-			writeJSON(w, http.StatusOK, map[string]any{"events": out, "server_time": serverTime})
+			answer(http.StatusOK, map[string]any{"events": out, "server_time": serverTime})
 			return
 		}
 		select {
 		case <-changed:
 		case <-deadline.C:
-			writeJSON(w, http.StatusOK, map[string]any{"events": []pollEvent{}, "server_time": serverTime})
+			answer(http.StatusOK, map[string]any{"events": []pollEvent{}, "server_time": serverTime})
 			return
 		case <-r.Context().Done():
 			return
 		case <-t.done:
-			writeJSON(w, http.StatusOK, map[string]any{"events": []pollEvent{}, "server_time": serverTime})
+			answer(http.StatusOK, map[string]any{"events": []pollEvent{}, "server_time": serverTime})
 			return
 		}
 	}

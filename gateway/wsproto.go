@@ -11,9 +11,10 @@ import (
 // message answers the app client's messages: {"type":"ping"} with pong and
 // {"type":"check_online"} with online_status. Anything else, including
 // invalid JSON, is ignored: a client bug must not cost the connection.
+// Only flooding does (see allow).
 func (t *wsTransport) message(s *melody.Session, msg []byte) {
 	c := connOf(s)
-	if c == nil || c.client == nil {
+	if c == nil || c.client == nil || !t.allow(c) {
 		return
 	}
 	var m struct {
@@ -34,6 +35,33 @@ func (t *wsTransport) message(s *melody.Session, msg []byte) {
 	default:
 		t.log.Debug("ignoring client message", "type", m.Type, "conn", c.id)
 	}
+}
+
+// binary ignores a binary message, beyond counting it against the rate.
+func (t *wsTransport) binary(s *melody.Session, _ []byte) {
+	if c := connOf(s); c != nil && c.client != nil && t.allow(c) {
+		t.log.Debug("ignoring binary client message", "conn", c.id)
+	}
+}
+
+// allow takes one message from c's token bucket. A client over the rate is
+// closed with 1008: answering a flood would cost every other client, and
+// dropping messages silently would break a client that only sends too fast
+// by mistake. It runs on the session's read loop, which stops once the
+// socket is closed.
+func (t *wsTransport) allow(c *wsConn) bool {
+	if c.cut.Load() {
+		return false
+	}
+	if c.rate.Allow() {
+		return true
+	}
+	if c.cut.CompareAndSwap(false, true) {
+		t.log.Info("closing websocket", "reason", "message rate exceeded", "conn", c.id, "addr", c.addr)
+		t.hub.Detach(c.client)
+		c.client.sink.close(ClosePolicy, ReasonRate)
+	}
+	return false
 }
 
 // pinger sends every connection {"type":"ping"} each interval, as the app's

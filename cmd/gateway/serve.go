@@ -68,6 +68,7 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 			return ok, err
 		}
 	}
+	proxies, _ := cfg.Proxies() // validated by Load
 	srv := gateway.New(logger, store, func() error {
 		if st := follower.Status(); !st.Ready() {
 			return st.Err
@@ -84,16 +85,26 @@ func serve(ctx context.Context, cfg config.Config, logger *slog.Logger, ln net.L
 		SendQueue:       cfg.SendQueue,
 		WriteTimeout:    cfg.WriteTimeout,
 		Heartbeat:       cfg.Heartbeat,
+
+		MaxMessageBytes:  cfg.MaxMessageBytes,
+		MessageRate:      cfg.MessageRate,
+		MessageBurst:     cfg.MessageBurst,
+		MaxConnsPerAddr:  cfg.MaxConnsAddr,
+		TrustedProxies:   proxies,
+		MaxSSEClients:    cfg.MaxSSEClients,
+		MaxPollers:       cfg.MaxPollers,
+		MaxTypes:         cfg.MaxTypes,
+		MaxTypesBytes:    cfg.MaxTypesBytes,
+		HeaderTimeout:    cfg.HeaderTimeout,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:      cfg.IdleTimeout,
+		MaxHeaderBytes:   cfg.MaxHeaderBytes,
+		SendBuffer:       cfg.SendBuffer,
 	})
 	follower.Publish = srv.Hub().Publish
 	follower.Trim = srv.Hub().Trim
 
-	httpSrv := &http.Server{
-		Handler:           srv.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		// No WriteTimeout: streams live for hours; each write has its own deadline.
-	}
+	httpSrv := srv.HTTPServer()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
