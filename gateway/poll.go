@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -75,9 +76,11 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The server has no WriteTimeout (streams live for hours): the answer
 	// gets its own deadline, set when it is written.
 	rc := http.NewResponseController(w)
-	answer := func(code int, v any) {
+	answer := func(evs []*entry, serverTime float64) {
 		_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
-		writeJSON(w, code, v)
+		if err := writePollAnswer(w, evs, serverTime); err != nil {
+			t.log.Debug("poll answer", "err", err)
+		}
 	}
 
 	deadline := time.NewTimer(time.Duration(timeout) * time.Second)
@@ -85,29 +88,58 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for {
 		evs, serverTime, changed, err := t.hub.since(since, pollLimit)
 		if err != nil {
-			answer(http.StatusServiceUnavailable, map[string]string{"detail": err.Error()})
+			_ = rc.SetWriteDeadline(time.Now().Add(t.writeTimeout))
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"detail": err.Error()})
 			return
 		}
 		if len(evs) > 0 || timeout == 0 {
-			out := make([]pollEvent, len(evs))
-			for i, e := range evs {
-				out[i] = pollEvent{ID: e.Pos.String(), Type: e.Type, Data: e.Data, Truncated: e.Truncated, Timestamp: unixSeconds(e.Time)}
-			}
-			answer(http.StatusOK, map[string]any{"events": out, "server_time": serverTime})
+			answer(evs, serverTime)
 			return
 		}
 		select {
 		case <-changed:
 		case <-deadline.C:
-			answer(http.StatusOK, map[string]any{"events": []pollEvent{}, "server_time": serverTime})
+			answer(nil, serverTime)
 			return
 		case <-r.Context().Done():
 			return
 		case <-t.done:
-			answer(http.StatusOK, map[string]any{"events": []pollEvent{}, "server_time": serverTime})
+			answer(nil, serverTime)
 			return
 		}
 	}
+}
+
+// writePollAnswer writes {"events":[...],"server_time":t} one event at a
+// time. An answer can hold a thousand events and more: encoded whole, it
+// would be a copy of all of them held for as long as a client takes to read
+// it; this way a slow reader holds the server's write buffer and the
+// window's own entries.
+func writePollAnswer(w http.ResponseWriter, evs []*entry, serverTime float64) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	b := []byte(`{"events":[`)
+	for i, e := range evs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		ev, err := json.Marshal(pollEvent{ID: e.Pos.String(), Type: e.Type, Data: e.Data, Truncated: e.Truncated, Timestamp: unixSeconds(e.Time)})
+		if err != nil {
+			return fmt.Errorf("encode event %s: %w", e.Pos.String(), err)
+		}
+		if _, err := w.Write(append(b, ev...)); err != nil {
+			return err
+		}
+		b = b[:0]
+	}
+	st, err := json.Marshal(serverTime)
+	if err != nil {
+		return fmt.Errorf("encode server_time: %w", err)
+	}
+	b = append(append(append(b, `],"server_time":`...), st...), "}\n"...)
+	_, err = w.Write(b)
+	return err
 }
 
 // parseSince reads unix seconds as a float; empty means 0 (everything kept).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 )
 
@@ -59,9 +60,25 @@ func (t *wsTransport) allow(c *wsConn) bool {
 	if c.cut.CompareAndSwap(false, true) {
 		t.log.Info("closing websocket", "reason", "message rate exceeded", "conn", c.id, "addr", c.addr)
 		t.hub.Detach(c.client)
-		c.client.sink.close(ClosePolicy, ReasonRate)
+		t.closeFromReader(c, ClosePolicy, ReasonRate)
 	}
 	return false
+}
+
+// closeGrace is how long a socket closed for breaking a limit waits for the
+// client's close frame.
+const closeGrace = 2 * time.Second
+
+// closeFromReader sends c a close frame and ends its read loop when the
+// client answers, or after closeGrace; the loop drops what it reads until
+// then. Closing the socket at once, with the flood unread, would reset the
+// connection and the client could lose the close frame. Call it on the
+// session's read loop only.
+func (t *wsTransport) closeFromReader(c *wsConn, code int, reason string) {
+	conn := c.s.WebsocketConnection()
+	conn.SetPongHandler(nil) // melody's would move the deadline on
+	_ = conn.SetReadDeadline(time.Now().Add(closeGrace))
+	_ = conn.WriteControl(websocket.CloseMessage, closeMessage(code, reason), time.Now().Add(t.writeTimeout))
 }
 
 // pinger sends every connection {"type":"ping"} each interval, as the app's
