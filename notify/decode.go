@@ -62,10 +62,10 @@ var (
 	tableRe = regexp.MustCompile(`^(?:(?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+")\.)?(?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+")$`)
 )
 
-// validType reports whether s can name an event: what rtgw.event_type can
+// ValidType reports whether s can name an event: what rtgw.event_type can
 // produce (the prefix's letters, digits and _, a column's value with
 // everything else replaced by _, the suffix).
-func validType(s string) bool {
+func ValidType(s string) bool {
 	if s == "" || len(s) > MaxTypeLen {
 		return false
 	}
@@ -94,7 +94,7 @@ func decodeRow(r row, buf *bytes.Buffer) (Event, error) {
 		return bad(BadRowTime, "the transaction has no commit time")
 	case len(r.Op) != 1 || (r.Op[0] != byte(Insert) && r.Op[0] != byte(Update) && r.Op[0] != byte(Delete)):
 		return bad(BadRowOp, "op %q is not I, U or D", clip(r.Op))
-	case !validType(r.Type):
+	case !ValidType(r.Type):
 		return bad(BadRowType, "type %q is not 1 to %d ASCII letters, digits and _", clip(r.Type), MaxTypeLen)
 	case len(r.Table) > maxTableLen || !utf8.ValidString(r.Table) || !tableRe.MatchString(r.Table):
 		return bad(BadRowTable, "not a table name")
