@@ -191,9 +191,12 @@ func (f *Follower) Run(ctx context.Context) error {
 	<-retry.C
 	failures := 0
 	for {
+		f.mu.Lock()
+		heard := len(f.heard) // sequences notified before this read
+		f.mu.Unlock()
 		if f.catchUp(ctx) {
 			failures = 0
-			f.judge(ctx)
+			f.judge(ctx, heard)
 		} else {
 			failures++
 			retry.Reset(f.backoff(failures))
@@ -278,21 +281,23 @@ func (f *Follower) heardSeq(seq int64, pid uint32) {
 	f.mu.Unlock()
 }
 
-// judge runs after a read that caught up: a notified sequence still ahead
-// of the cursor was either pruned before it was read, or never issued at
-// all: a NOTIFY from something else. A real notification is only delivered
-// after its commit, when its sequence has been drawn, so the check against
-// the sequence cannot mistake a commit still in flight.
-func (f *Follower) judge(ctx context.Context) {
+// judge runs after a read that caught up, on the first n sequences heard:
+// those notified before the read began. A real notification is delivered
+// after its commit, so that read saw the commit; if the sequence is still
+// ahead of the cursor it was pruned first, or never issued at all: a
+// NOTIFY from something else, which the sequence itself tells. Sequences
+// heard during the read are judged after the next one, so a steady stream
+// of commits costs no query here.
+func (f *Follower) judge(ctx context.Context, n int) {
 	f.mu.Lock()
 	cursor := f.cursor.Seq
 	var ahead []heardSeq
-	for _, h := range f.heard {
+	for _, h := range f.heard[:n] {
 		if h.seq > cursor {
 			ahead = append(ahead, h)
 		}
 	}
-	f.heard = f.heard[:0]
+	f.heard = append(f.heard[:0], f.heard[n:]...)
 	f.mu.Unlock()
 	if len(ahead) == 0 {
 		return
