@@ -193,7 +193,7 @@ func TestLimitMessageSizeAndRate(t *testing.T) {
 		typ  int
 		data string
 	}{{websocket.BinaryMessage, "\xff\x00"}, {websocket.TextMessage, "not json"}, {websocket.BinaryMessage, `{"type":"ping"}`},
-		{websocket.TextMessage, `{"type":"subscribe"}`}, {websocket.TextMessage, `[]`}, {websocket.TextMessage, `{"type":"ping"}`}} {
+		{websocket.TextMessage, `{"type":"join"}`}, {websocket.TextMessage, `[]`}, {websocket.TextMessage, `{"type":"ping"}`}} {
 		if err := j.conn.WriteMessage(m.typ, []byte(m.data)); err != nil {
 			t.Fatal(err)
 		}
