@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/budget-rt/gateway/notify"
 )
@@ -138,6 +139,9 @@ func nameSet(what string, names []string) (map[string]bool, error) {
 			// [""] reaches here; the query's empty items were dropped).
 			return nil, fmt.Errorf("%w: %s has an empty entry", errBadSubscription, what)
 		}
+		if !utf8.ValidString(n) {
+			return nil, fmt.Errorf("%w: %s entry is not UTF-8", errBadSubscription, what) // no event's is
+		}
 		set[n] = true
 	}
 	return set, nil
@@ -149,6 +153,10 @@ func newCond(col, val string) (Cond, error) {
 	}
 	if len(val) > maxValueLen {
 		return Cond{}, fmt.Errorf("%w: where value longer than %d bytes", errBadSubscription, maxValueLen)
+	}
+	if !utf8.ValidString(val) {
+		// A row's values are UTF-8 (the database's text): this matches nothing.
+		return Cond{}, fmt.Errorf("%w: where value is not UTF-8", errBadSubscription)
 	}
 	return Cond{Column: col, Value: val}, nil
 }

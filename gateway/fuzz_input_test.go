@@ -171,7 +171,7 @@ func checkSubscription(t *testing.T, s *Subscription) {
 			t.Fatalf("subscription with %d names", len(set))
 		}
 		for n := range set {
-			if n == "" || len(n) > maxNameLen {
+			if n == "" || len(n) > maxNameLen || !utf8.ValidString(n) {
 				t.Fatalf("subscription name %q", n)
 			}
 		}
@@ -180,7 +180,7 @@ func checkSubscription(t *testing.T, s *Subscription) {
 		t.Fatalf("%d where conditions", len(s.Where))
 	}
 	for _, c := range s.Where {
-		if !isIdent(c.Column) || len(c.Value) > maxValueLen {
+		if !isIdent(c.Column) || len(c.Value) > maxValueLen || !utf8.ValidString(c.Value) {
 			t.Fatalf("where %q=%q", c.Column, c.Value)
 		}
 	}
