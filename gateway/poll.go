@@ -21,10 +21,11 @@ import (
 // times increase with commit order, so "events after server_time" can never
 // skip one that was committed but not yet read when the answer went out.
 type pollTransport struct {
-	hub  *Hub
-	auth *Auth
-	log  *slog.Logger
-	done <-chan struct{}
+	hub     *Hub
+	auth    *Auth
+	log     *slog.Logger
+	done    <-chan struct{}
+	metrics *metrics
 }
 
 // pollLimit caps one answer (at a transaction boundary: see Hub.since); the
@@ -66,6 +67,7 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	timeout = min(timeout, 30)
+	defer t.metrics.opened(transportPoll, nil)()
 
 	deadline := time.NewTimer(time.Duration(timeout) * time.Second)
 	defer deadline.Stop()
@@ -81,6 +83,7 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				out[i] = pollEvent{ID: e.Pos.String(), Type: e.Type, Data: e.Data, Truncated: e.Truncated, Timestamp: unixSeconds(e.Time)}
 			}
 			writeJSON(w, http.StatusOK, map[string]any{"events": out, "server_time": serverTime})
+			t.metrics.deliveredAll(transportPoll, evs)
 			return
 		}
 		select {

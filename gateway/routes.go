@@ -23,6 +23,10 @@ type Options struct {
 	MaxConns        int           // WebSocket connections in total; 0: no limit
 	AllowedOrigins  []string      // origins allowed to open WebSockets; empty: same host only
 	Visibility      []Rule        // per-table visibility rules; none: everyone sees everything
+
+	OpsToken     string  // token for /ops; empty: the app's access token, or open without auth
+	MetricsRoute bool    // serve /metrics on Handler (else the caller serves MetricsHandler elsewhere, or not at all)
+	Sources      Sources // what metrics and /ops read from the LISTEN side
 }
 
 // Server owns the hub and the HTTP routes.
@@ -35,6 +39,9 @@ type Server struct {
 	done  chan struct{}
 	ready func() error
 	log   *slog.Logger
+
+	metrics *metrics // see metrics.go
+	ops     *opsState
 }
 
 // New builds a server. ready reports why the event source is not ready (nil
@@ -49,6 +56,9 @@ func New(logger *slog.Logger, logs Log, ready func() error, opt Options) *Server
 	s.sse = &sseTransport{hub: hub, auth: opt.Auth, log: logger, queue: opt.SendQueue, heartbeat: opt.Heartbeat,
 		writeTimeout: opt.WriteTimeout, done: s.done}
 	s.poll = &pollTransport{hub: hub, auth: opt.Auth, log: logger, done: s.done}
+	s.metrics = newMetrics(s, opt.Sources)
+	hub.metrics, s.ws.metrics, s.sse.metrics, s.poll.metrics = s.metrics, s.metrics, s.metrics, s.metrics
+	s.ops = newOpsState()
 	return s
 }
 
@@ -57,6 +67,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.opt.PingInterval > 0 {
 		s.ws.pinger(ctx, s.opt.PingInterval)
 	}
+	go s.sampleOps(ctx) // the ops page's history; see ops.go
 	<-ctx.Done()
 	return nil
 }
@@ -80,6 +91,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	s.opsRoutes(mux) // /ops, /ops/stats, /ops/events and /metrics; see ops.go
 	return mux
 }
 
@@ -99,6 +111,7 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 // refuses new ones. Call it before http.Server.Shutdown, which does not wait
 // for hijacked connections and would wait forever for open streams.
 func (s *Server) Close(ctx context.Context) {
+	s.metrics.closing.Store(true)
 	close(s.done)
 	s.hub.Close(ctx)
 	_ = s.ws.m.CloseWithMsg(closeMessage(CloseGoingAway, "server shutting down")) // sessions not yet attached

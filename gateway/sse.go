@@ -18,6 +18,7 @@ type sseTransport struct {
 	heartbeat    time.Duration
 	writeTimeout time.Duration
 	done         <-chan struct{} // closed at shutdown so streams end and Shutdown can finish
+	metrics      *metrics
 }
 
 func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -71,6 +72,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer t.hub.Detach(c)
+	defer t.metrics.opened(transportSSE, &sk.why)()
 	if out.flush() != nil {
 		return
 	}
@@ -96,6 +98,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				if out.write(e.sse) != nil {
 					return
 				}
+				t.metrics.delivered1(transportSSE, e.Time)
 				refill = c.sent() || refill
 				select {
 				case e = <-sk.q:
@@ -118,6 +121,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type sseSink struct {
 	q    chan *entry
 	gone chan struct{}
+	why  closeTag // metrics: why it ended
 }
 
 func (k *sseSink) send(e *entry) bool {
@@ -131,7 +135,10 @@ func (k *sseSink) send(e *entry) bool {
 
 // close ends the stream: there is no close code in SSE, so the client just
 // reconnects and sends Last-Event-ID.
-func (k *sseSink) close(int, string) { close(k.gone) }
+func (k *sseSink) close(code int, _ string) {
+	k.why.code(code)
+	close(k.gone)
+}
 
 // sseWriter writes with a deadline per write: the server's WriteTimeout is
 // off for these long-lived responses.
