@@ -256,7 +256,7 @@ type opsListen struct {
 	Up         bool   `json:"up"`
 	CaughtUp   bool   `json:"caught_up"`
 	Error      string `json:"error,omitempty"`
-	Cursor     string `json:"cursor"`
+	CursorSeq  int64  `json:"cursor_seq"` // commit sequence of the last transaction read
 	Reconnects uint64 `json:"reconnects"`
 }
 
@@ -314,7 +314,7 @@ func (s *Server) opsStats(w http.ResponseWriter, r *http.Request) {
 	counterValues(m.resets, st.Resets, "reason")
 	if f := m.src.Follower; f != nil {
 		fs := f()
-		st.Listen = opsListen{Up: fs.Listening, CaughtUp: fs.CaughtUp, Cursor: fs.Cursor.String(), Reconnects: max(fs.Listens, 1) - 1}
+		st.Listen = opsListen{Up: fs.Listening, CaughtUp: fs.CaughtUp, CursorSeq: fs.Cursor.Seq, Reconnects: max(fs.Listens, 1) - 1}
 		if fs.Err != nil {
 			st.Listen.Error = fs.Err.Error()
 		}

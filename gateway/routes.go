@@ -64,10 +64,10 @@ func New(logger *slog.Logger, logs Log, ready func() error, opt Options) *Server
 
 // Run runs the server's timers (the WebSocket ping) until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
+	go s.sampleOps(ctx) // the ops page's history; see ops.go
 	if s.opt.PingInterval > 0 {
 		s.ws.pinger(ctx, s.opt.PingInterval)
 	}
-	go s.sampleOps(ctx) // the ops page's history; see ops.go
 	<-ctx.Done()
 	return nil
 }
