@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -32,6 +34,21 @@ type Config struct {
 	MaxConns       int           `env:"GATEWAY_MAX_CONNECTIONS" envDefault:"500" help:"WebSocket connections in total on one gateway; more are refused with 403."`
 	Visibility     string        `env:"GATEWAY_VISIBILITY" help:"Per-table visibility rules, comma-separated table:column=claim: a row is sent only to users whose token claim (a value or an array; 'user' is the user's id) holds the row's column value, e.g. facts:user_id=user,orders:family_id=families. Tables without a rule are visible to every user. Needs GATEWAY_JWT_SECRET. See \"Subscriptions and visibility\"."`
 	PingInterval   time.Duration `env:"GATEWAY_PING_INTERVAL" envDefault:"10s" help:"Interval of the {\"type\":\"ping\"} frame on WebSockets (the app's client marks a link stale after 45 s of silence)."`
+
+	MaxConnsAddr     int           `env:"GATEWAY_MAX_CONNECTIONS_PER_ADDRESS" envDefault:"50" help:"WebSockets, SSE streams and long-polls open at once from one client address (an IPv6 client counts by its /64), together; more are refused: WebSocket with 403, SSE and long-poll with 429 and Retry-After."`
+	TrustedProxies   string        `env:"GATEWAY_TRUSTED_PROXIES" envDefault:"127.0.0.0/8,::1/128" help:"Comma-separated addresses or CIDR ranges of the proxies (nginx) whose X-Forwarded-For or X-Real-IP names the client. A request from any other peer is counted by the peer's own address; none: trust no proxy."`
+	MaxSSEClients    int           `env:"GATEWAY_MAX_SSE_CLIENTS" envDefault:"100" help:"SSE streams open at once on one gateway; more are refused with 503 and Retry-After."`
+	MaxPollers       int           `env:"GATEWAY_MAX_POLLERS" envDefault:"500" help:"Long-poll requests in progress at once on one gateway; more are refused with 503 and Retry-After."`
+	MaxTypes         int           `env:"GATEWAY_MAX_TYPES" envDefault:"64" help:"Event types one SSE ?types= filter may list; more are refused with 400."`
+	MaxTypesBytes    int           `env:"GATEWAY_MAX_TYPES_BYTES" envDefault:"2048" help:"Longest SSE ?types= value, in bytes; a longer one is refused with 400."`
+	MaxMessageBytes  int64         `env:"GATEWAY_MAX_MESSAGE_BYTES" envDefault:"4096" help:"Largest message a WebSocket client may send; a larger one closes the socket with 1009."`
+	MessageRate      float64       `env:"GATEWAY_MESSAGE_RATE" envDefault:"2" help:"Messages per second a WebSocket client may send on average (token bucket; control pings count too). The app's client sends a ping every 25-30 s. A client over the rate is closed with 1008."`
+	MessageBurst     int           `env:"GATEWAY_MESSAGE_BURST" envDefault:"20" help:"Messages a WebSocket client may send at once, before GATEWAY_MESSAGE_RATE applies (the bucket's size)."`
+	HeaderTimeout    time.Duration `env:"GATEWAY_HEADER_TIMEOUT" envDefault:"10s" help:"Time a client has to send a request's line and headers (and the body of /ws/disconnect); a connection that has not by then is closed (slowloris)."`
+	HandshakeTimeout time.Duration `env:"GATEWAY_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Deadline for writing the WebSocket upgrade answer (101) to the client."`
+	IdleTimeout      time.Duration `env:"GATEWAY_IDLE_TIMEOUT" envDefault:"2m" help:"How long a keep-alive HTTP connection may wait for its next request before it is closed."`
+	MaxHeaderBytes   int           `env:"GATEWAY_MAX_HEADER_BYTES" envDefault:"32768" help:"Largest request line plus headers, in bytes (Go allows 4 KiB over it); a larger request gets 431."`
+	SendBuffer       int           `env:"GATEWAY_SOCKET_SEND_BUFFER" envDefault:"0" help:"Kernel send buffer (SO_SNDBUF) of each client socket, in bytes; 0 leaves it to the OS, which grows it up to net.ipv4.tcp_wmem's maximum (4 MiB by default). A smaller one bounds the kernel memory a stalled client pins and lets the gateway notice it sooner."`
 
 	ReplayEvents    int           `env:"GATEWAY_REPLAY_EVENTS" envDefault:"10000" help:"Events kept in memory for resuming clients; older positions are read from the event log table."`
 	MaxRowBytes     int           `env:"GATEWAY_MAX_ROW_BYTES" envDefault:"1048576" help:"Largest row (as JSON) sent in full; a larger one is sent as its primary key with \"truncated\": true."`
@@ -90,6 +107,25 @@ func (c Config) validate() error {
 	if c.MaxConnsUser < 1 || c.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("GATEWAY_MAX_CONNECTIONS_PER_USER and GATEWAY_MAX_CONNECTIONS must be at least 1, got %d and %d", c.MaxConnsUser, c.MaxConns))
 	}
+	if _, err := c.Proxies(); err != nil {
+		errs = append(errs, err)
+	}
+	for name, n := range map[string]int64{
+		"GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": int64(c.MaxConnsAddr), "GATEWAY_MAX_SSE_CLIENTS": int64(c.MaxSSEClients),
+		"GATEWAY_MAX_POLLERS": int64(c.MaxPollers), "GATEWAY_MAX_TYPES": int64(c.MaxTypes),
+		"GATEWAY_MAX_TYPES_BYTES": int64(c.MaxTypesBytes), "GATEWAY_MAX_MESSAGE_BYTES": c.MaxMessageBytes,
+		"GATEWAY_MESSAGE_BURST": int64(c.MessageBurst), "GATEWAY_MAX_HEADER_BYTES": int64(c.MaxHeaderBytes),
+	} {
+		if n < 1 {
+			errs = append(errs, fmt.Errorf("%s must be at least 1, got %d", name, n))
+		}
+	}
+	if !(c.MessageRate > 0) || math.IsInf(c.MessageRate, 0) {
+		errs = append(errs, fmt.Errorf("GATEWAY_MESSAGE_RATE must be a positive number of messages per second, got %v", c.MessageRate))
+	}
+	if c.SendBuffer < 0 {
+		errs = append(errs, fmt.Errorf("GATEWAY_SOCKET_SEND_BUFFER must not be negative, got %d", c.SendBuffer))
+	}
 	if c.ReplayEvents < 1 {
 		errs = append(errs, fmt.Errorf("GATEWAY_REPLAY_EVENTS must be at least 1, got %d", c.ReplayEvents))
 	}
@@ -105,6 +141,7 @@ func (c Config) validate() error {
 	for name, d := range map[string]time.Duration{
 		"GATEWAY_POLL_INTERVAL": c.PollInterval, "GATEWAY_LOG_READ_TIMEOUT": c.LogReadTimeout, "GATEWAY_WRITE_TIMEOUT": c.WriteTimeout,
 		"GATEWAY_SSE_HEARTBEAT": c.Heartbeat, "GATEWAY_SHUTDOWN_TIMEOUT": c.Shutdown, "GATEWAY_PING_INTERVAL": c.PingInterval,
+		"GATEWAY_HEADER_TIMEOUT": c.HeaderTimeout, "GATEWAY_HANDSHAKE_TIMEOUT": c.HandshakeTimeout, "GATEWAY_IDLE_TIMEOUT": c.IdleTimeout,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", name, d))
@@ -132,6 +169,30 @@ func (c Config) Origins() []string {
 		}
 	}
 	return out
+}
+
+// Proxies parses GATEWAY_TRUSTED_PROXIES: addresses (a /32 or /128) or
+// CIDR ranges, or "none" (an empty value means the default).
+func (c Config) Proxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	if strings.TrimSpace(c.TrustedProxies) == "none" {
+		return nil, nil
+	}
+	for item := range strings.SplitSeq(c.TrustedProxies, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		if ip, err := netip.ParseAddr(item); err == nil {
+			out = append(out, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			return nil, fmt.Errorf("GATEWAY_TRUSTED_PROXIES: %q is not an address or a CIDR range such as 10.0.0.0/8", item)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // ErrNoAuth: serving needs a JWT secret or an explicit opt-out.

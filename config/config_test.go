@@ -34,6 +34,20 @@ func TestLoadDefaults(t *testing.T) {
 		Shutdown:        10 * time.Second,
 		LogLevel:        slog.LevelInfo,
 		LogFormat:       "auto",
+
+		MaxConnsAddr:     50,
+		TrustedProxies:   "127.0.0.0/8,::1/128",
+		MaxSSEClients:    100,
+		MaxPollers:       500,
+		MaxTypes:         64,
+		MaxTypesBytes:    2048,
+		MaxMessageBytes:  4096,
+		MessageRate:      2,
+		MessageBurst:     20,
+		HeaderTimeout:    10 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		IdleTimeout:      2 * time.Minute,
+		MaxHeaderBytes:   32768,
 	}
 	if got != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
@@ -73,6 +87,20 @@ func TestLoadOverrides(t *testing.T) {
 		"GATEWAY_RETENTION=2h",
 		"GATEWAY_RETENTION_EVENTS=50",
 		"GATEWAY_PRUNE_INTERVAL=0s",
+		"GATEWAY_MAX_CONNECTIONS_PER_ADDRESS=4",
+		"GATEWAY_TRUSTED_PROXIES=10.0.0.0/8, 192.168.1.7",
+		"GATEWAY_MAX_SSE_CLIENTS=5",
+		"GATEWAY_MAX_POLLERS=6",
+		"GATEWAY_MAX_TYPES=7",
+		"GATEWAY_MAX_TYPES_BYTES=80",
+		"GATEWAY_MAX_MESSAGE_BYTES=100",
+		"GATEWAY_MESSAGE_RATE=0.5",
+		"GATEWAY_MESSAGE_BURST=3",
+		"GATEWAY_HEADER_TIMEOUT=2s",
+		"GATEWAY_HANDSHAKE_TIMEOUT=3s",
+		"GATEWAY_IDLE_TIMEOUT=4s",
+		"GATEWAY_MAX_HEADER_BYTES=1000",
+		"GATEWAY_SOCKET_SEND_BUFFER=16384",
 	})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -99,6 +127,21 @@ func TestLoadOverrides(t *testing.T) {
 		Shutdown:        time.Hour,
 		LogLevel:        slog.LevelDebug,
 		LogFormat:       "text",
+
+		MaxConnsAddr:     4,
+		TrustedProxies:   "10.0.0.0/8, 192.168.1.7",
+		MaxSSEClients:    5,
+		MaxPollers:       6,
+		MaxTypes:         7,
+		MaxTypesBytes:    80,
+		MaxMessageBytes:  100,
+		MessageRate:      0.5,
+		MessageBurst:     3,
+		HeaderTimeout:    2 * time.Second,
+		HandshakeTimeout: 3 * time.Second,
+		IdleTimeout:      4 * time.Second,
+		MaxHeaderBytes:   1000,
+		SendBuffer:       16384,
 	}
 	if got != want {
 		t.Fatalf("overrides:\n got %+v\nwant %+v", got, want)
@@ -146,6 +189,36 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"GATEWAY_LOG_FORMAT"}, []string{`"xml"`}},
 		{"track", []string{db, "GATEWAY_TRACK=facts"},
 			[]string{"GATEWAY_TRACK"}, []string{`"facts"`}},
+		{"trusted proxy not an address", []string{db, "GATEWAY_TRUSTED_PROXIES=127.0.0.1,nginx"},
+			[]string{"GATEWAY_TRUSTED_PROXIES"}, []string{`"nginx"`}},
+		{"trusted proxy bad range", []string{db, "GATEWAY_TRUSTED_PROXIES=10.0.0.0/33"},
+			[]string{"GATEWAY_TRUSTED_PROXIES"}, []string{`"10.0.0.0/33"`}},
+		{"per-address limit zero", []string{db, "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS=0"},
+			[]string{"GATEWAY_MAX_CONNECTIONS_PER_ADDRESS"}, []string{"at least 1", "got 0"}},
+		{"SSE limit negative", []string{db, "GATEWAY_MAX_SSE_CLIENTS=-1"},
+			[]string{"GATEWAY_MAX_SSE_CLIENTS"}, []string{"at least 1"}},
+		{"poll limit zero", []string{db, "GATEWAY_MAX_POLLERS=0"},
+			[]string{"GATEWAY_MAX_POLLERS"}, []string{"at least 1"}},
+		{"types zero", []string{db, "GATEWAY_MAX_TYPES=0"},
+			[]string{"GATEWAY_MAX_TYPES"}, []string{"at least 1"}},
+		{"message size zero", []string{db, "GATEWAY_MAX_MESSAGE_BYTES=0"},
+			[]string{"GATEWAY_MAX_MESSAGE_BYTES"}, []string{"at least 1"}},
+		{"message rate zero", []string{db, "GATEWAY_MESSAGE_RATE=0"},
+			[]string{"GATEWAY_MESSAGE_RATE"}, []string{"positive"}},
+		{"message rate infinite", []string{db, "GATEWAY_MESSAGE_RATE=+Inf"},
+			[]string{"GATEWAY_MESSAGE_RATE"}, []string{"positive"}},
+		{"message rate not a number", []string{db, "GATEWAY_MESSAGE_RATE=fast"},
+			[]string{"GATEWAY_MESSAGE_RATE", "MessageRate"}, []string{`"fast"`}},
+		{"message burst zero", []string{db, "GATEWAY_MESSAGE_BURST=0"},
+			[]string{"GATEWAY_MESSAGE_BURST"}, []string{"at least 1"}},
+		{"header timeout zero", []string{db, "GATEWAY_HEADER_TIMEOUT=0s"},
+			[]string{"GATEWAY_HEADER_TIMEOUT"}, []string{"positive"}},
+		{"idle timeout negative", []string{db, "GATEWAY_IDLE_TIMEOUT=-1s"},
+			[]string{"GATEWAY_IDLE_TIMEOUT"}, []string{"positive"}},
+		{"header bytes zero", []string{db, "GATEWAY_MAX_HEADER_BYTES=0"},
+			[]string{"GATEWAY_MAX_HEADER_BYTES"}, []string{"at least 1"}},
+		{"send buffer negative", []string{db, "GATEWAY_SOCKET_SEND_BUFFER=-1"},
+			[]string{"GATEWAY_SOCKET_SEND_BUFFER"}, []string{"not be negative"}},
 		{"several at once", []string{db, "GATEWAY_SEND_QUEUE=0", "GATEWAY_LOG_FORMAT=xml", "GATEWAY_SSE_HEARTBEAT=-1ms"},
 			[]string{"GATEWAY_SEND_QUEUE"}, []string{"GATEWAY_LOG_FORMAT", "GATEWAY_SSE_HEARTBEAT"}},
 	}
@@ -173,6 +246,31 @@ func TestLoadErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestProxies(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string][]string{
+		"":                              nil,
+		"127.0.0.0/8,::1/128":           {"127.0.0.0/8", "::1/128"},
+		" 10.1.2.3 , 2001:db8::1 ,":     {"10.1.2.3/32", "2001:db8::1/128"},
+		"10.1.2.3/8":                    {"10.0.0.0/8"}, // masked
+		"::ffff:10.1.2.3,172.16.0.0/12": {"10.1.2.3/32", "172.16.0.0/12"},
+	} {
+		cfg := Config{TrustedProxies: in}
+		got, err := cfg.Proxies()
+		if err != nil {
+			t.Errorf("Proxies(%q): %v", in, err)
+			continue
+		}
+		var strs []string
+		for _, p := range got {
+			strs = append(strs, p.String())
+		}
+		if !reflect.DeepEqual(strs, want) {
+			t.Errorf("Proxies(%q) = %v, want %v", in, strs, want)
+		}
 	}
 }
 

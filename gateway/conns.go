@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
@@ -111,6 +112,11 @@ func (t *wsTransport) disconnectConn(w http.ResponseWriter, r *http.Request) {
 	}
 	var body struct {
 		ConnectionID string `json:"connection_id"`
+	}
+	if t.bodyTimeout > 0 {
+		// The server has no ReadTimeout (it would end streams): a body sent
+		// a byte at a time gets this one.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(t.bodyTimeout))
 	}
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body); err != nil || body.ConnectionID == "" {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"detail": `body must be {"connection_id": "<uuid>"}`})

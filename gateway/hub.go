@@ -25,7 +25,16 @@ type Log interface {
 // 4001 is avoided on purpose: the app's client treats it as "stop for good".
 const (
 	CloseGoingAway = 1001 // shutdown: reconnect elsewhere with the last id
+	ClosePolicy    = 1008 // the client sent messages faster than GATEWAY_MESSAGE_RATE allows
+	CloseTooBig    = 1009 // the client sent a message over GATEWAY_MAX_MESSAGE_BYTES (gorilla sends it)
 	CloseSlow      = 4008 // the send queue overflowed: reconnect with the last id
+)
+
+// Reasons sent with the close codes.
+const (
+	ReasonSlow     = "slow consumer: reconnect with your last id"
+	ReasonRate     = "too many messages: slow down"
+	ReasonShutdown = "server shutting down"
 )
 
 // Reasons a resume ends in a reset frame instead of a replay.
@@ -213,7 +222,7 @@ func (h *Hub) Publish(evs []notify.Event) {
 	h.mu.Unlock()
 	for _, c := range slow {
 		h.log.Info("disconnecting slow client", "code", CloseSlow)
-		h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+		h.kick(c, CloseSlow, ReasonSlow)
 	}
 }
 
@@ -230,6 +239,14 @@ func (h *Hub) offer(c *client, e *entry) bool {
 		c.lagging.Store(true)
 		h.lagging[c] = struct{}{}
 		c.after = notify.Position{Seq: e.Pos.Seq, ID: e.Pos.ID - 1}
+		// The transport pulls the rest as its queue drains (client.sent).
+		// Had the queue drained between the check above and the Store,
+		// every sent would have seen lagging false and nothing would ever
+		// pull: look again, and pull on its behalf (refill waits for the
+		// lock this caller holds).
+		if c.inflight.Load() <= c.limit/2 {
+			go h.refill(c)
+		}
 		return true
 	}
 	c.inflight.Add(1)
@@ -260,7 +277,7 @@ func (h *Hub) kickSlow(c *client) {
 	h.drop(c)
 	h.mu.Unlock()
 	if ok {
-		h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+		h.kick(c, CloseSlow, ReasonSlow)
 	}
 }
 
@@ -326,7 +343,7 @@ func (h *Hub) refill(c *client) {
 	if c.after.Compare(h.floor) < 0 {
 		h.drop(c)
 		h.mu.Unlock()
-		h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+		h.kick(c, CloseSlow, ReasonSlow)
 		return
 	}
 	i := h.ring.after(c.after)
@@ -334,7 +351,7 @@ func (h *Hub) refill(c *client) {
 		if !h.offer(c, h.ring.at(i)) {
 			h.drop(c)
 			h.mu.Unlock()
-			h.kick(c, CloseSlow, "slow consumer: reconnect with your last id")
+			h.kick(c, CloseSlow, ReasonSlow)
 			return
 		}
 	}
@@ -493,7 +510,7 @@ func (h *Hub) Close(ctx context.Context) {
 	h.closing = true
 	for c := range h.clients {
 		c.gone.Store(true)
-		h.kick(c, CloseGoingAway, "server shutting down")
+		h.kick(c, CloseGoingAway, ReasonShutdown)
 	}
 	clear(h.clients)
 	clear(h.lagging)

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -23,6 +25,21 @@ type Options struct {
 	MaxConns        int           // WebSocket connections in total; 0: no limit
 	AllowedOrigins  []string      // origins allowed to open WebSockets; empty: same host only
 	Visibility      []Rule        // per-table visibility rules; none: everyone sees everything
+
+	MaxMessageBytes  int64          // largest client message; over it, 1009
+	MessageRate      float64        // client messages per second on average; 0: no limit
+	MessageBurst     int            // client messages at once
+	MaxConnsPerAddr  int            // WebSockets + SSE streams + long-polls per client address; 0: no limit
+	TrustedProxies   []netip.Prefix // peers whose X-Forwarded-For / X-Real-IP name the client
+	MaxSSEClients    int            // SSE streams at once; 0: no limit
+	MaxPollers       int            // long-polls in progress at once; 0: no limit
+	MaxTypes         int            // names in an SSE ?types=; 0: no limit
+	MaxTypesBytes    int            // bytes of an SSE ?types=; 0: no limit
+	HeaderTimeout    time.Duration  // to read a request's headers (and the one body the gateway reads)
+	HandshakeTimeout time.Duration  // to write the WebSocket upgrade answer
+	IdleTimeout      time.Duration  // keep-alive connections between requests
+	MaxHeaderBytes   int            // request line and headers
+	SendBuffer       int            // SO_SNDBUF of client sockets; 0: the OS's
 
 	OpsToken     string  // token for /ops; empty: the app's access token, or open without auth
 	MetricsRoute bool    // serve /metrics on Handler (else the caller serves MetricsHandler elsewhere, or not at all)
@@ -52,14 +69,45 @@ func New(logger *slog.Logger, logs Log, ready func() error, opt Options) *Server
 	}
 	hub := NewHub(logger, logs, opt.Window, opt.Visibility)
 	s := &Server{hub: hub, opt: opt, done: make(chan struct{}), ready: ready, log: logger}
-	s.ws = newWS(hub, logger, opt)
+	// One count per client address across the three transports: the limit
+	// is on what an address holds open, whichever way.
+	addrs := newAddrSlots(opt.MaxConnsPerAddr)
+	clients := clientAddrs{trusted: opt.TrustedProxies}
+	s.ws = newWS(hub, logger, opt, addrs)
 	s.sse = &sseTransport{hub: hub, auth: opt.Auth, log: logger, queue: opt.SendQueue, heartbeat: opt.Heartbeat,
-		writeTimeout: opt.WriteTimeout, done: s.done}
-	s.poll = &pollTransport{hub: hub, auth: opt.Auth, log: logger, done: s.done}
+		writeTimeout: opt.WriteTimeout, done: s.done, streams: slots{max: int64(opt.MaxSSEClients)},
+		addrs: addrs, clients: clients, maxTypes: opt.MaxTypes, maxTypesLen: opt.MaxTypesBytes}
+	s.poll = &pollTransport{hub: hub, auth: opt.Auth, log: logger, done: s.done, writeTimeout: opt.WriteTimeout,
+		polls: slots{max: int64(opt.MaxPollers)}, addrs: addrs, clients: clients}
+	s.ws.bodyTimeout = opt.HeaderTimeout
 	s.metrics = newMetrics(s, opt.Sources)
 	hub.metrics, s.ws.metrics, s.sse.metrics, s.poll.metrics = s.metrics, s.metrics, s.metrics, s.metrics
 	s.ops = newOpsState()
 	return s
+}
+
+// HTTPServer returns an http.Server for Handler with the gateway's
+// connection limits. It has no ReadTimeout or WriteTimeout: streams live
+// for hours, every write has its own deadline, and the one request body
+// the gateway reads (/ws/disconnect) has its own read deadline.
+func (s *Server) HTTPServer() *http.Server {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: s.opt.HeaderTimeout, // slowloris: headers trickled in forever
+		IdleTimeout:       s.opt.IdleTimeout,
+		MaxHeaderBytes:    s.opt.MaxHeaderBytes,
+		// Garbage requests and broken connections are the clients' business,
+		// not worth more than a debug line.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	if n := s.opt.SendBuffer; n > 0 {
+		srv.ConnState = func(c net.Conn, st http.ConnState) {
+			if tc, ok := c.(*net.TCPConn); ok && st == http.StateNew {
+				_ = tc.SetWriteBuffer(n)
+			}
+		}
+	}
+	return srv
 }
 
 // Run runs the server's timers (the WebSocket ping) until ctx ends.
@@ -104,7 +152,8 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "reason": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "head": head.String(), "clients": s.hub.Len()})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "head": head.String(), "clients": s.hub.Len(),
+		"streams": s.sse.streams.len(), "polls": s.poll.polls.len()})
 }
 
 // Close disconnects every client (WebSockets with 1001, SSE streams end) and
@@ -114,7 +163,7 @@ func (s *Server) Close(ctx context.Context) {
 	s.metrics.closing.Store(true)
 	close(s.done)
 	s.hub.Close(ctx)
-	_ = s.ws.m.CloseWithMsg(closeMessage(CloseGoingAway, "server shutting down")) // sessions not yet attached
+	_ = s.ws.m.CloseWithMsg(closeMessage(CloseGoingAway, ReasonShutdown)) // sessions not yet attached
 }
 
 // mint answers POST /ws/token as the backend does: a 5-minute WebSocket

@@ -2,8 +2,12 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/budget-rt/gateway/notify"
@@ -18,6 +22,11 @@ type sseTransport struct {
 	heartbeat    time.Duration
 	writeTimeout time.Duration
 	done         <-chan struct{} // closed at shutdown so streams end and Shutdown can finish
+	streams      slots           // open streams, at most GATEWAY_MAX_SSE_CLIENTS
+	addrs        *addrSlots
+	clients      clientAddrs
+	maxTypes     int // names in ?types=
+	maxTypesLen  int // bytes of ?types=
 	metrics      *metrics
 }
 
@@ -41,6 +50,17 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	// The configurable caps on ?types= (ParseQuery has fixed ones of its own).
+	_, err = t.parseTypes(r.URL.Query().Get("types"))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"detail": err.Error()})
+		return
+	}
+	release, ok := admit(w, &t.streams, t.addrs, t.clients.of(r), "event streams")
+	if !ok {
+		return
+	}
+	defer release()
 	from, err := t.hub.Head()
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
@@ -50,6 +70,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if last == "" {
 		last = r.URL.Query().Get("last_event_id")
 	}
+
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -72,7 +93,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer t.hub.Detach(c)
-	defer t.metrics.opened(transportSSE, &sk.why)()
+	defer t.metrics.opened(transportSSE, &sk.metricsTag)()
 	if out.flush() != nil {
 		return
 	}
@@ -84,8 +105,10 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-ctx.Done():
 			return
 		case <-t.done:
+			out.closing(CloseGoingAway, ReasonShutdown)
 			return
 		case <-sk.gone:
+			out.closing(sk.why())
 			return
 		case <-beat.C:
 			if out.write([]byte(": heartbeat\n\n")) != nil || out.flush() != nil {
@@ -117,11 +140,37 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// parseTypes reads ?types=, a comma-separated list of event types; nil
+// means every type.
+func (t *sseTransport) parseTypes(s string) (map[string]bool, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if t.maxTypesLen > 0 && len(s) > t.maxTypesLen {
+		return nil, fmt.Errorf("types is %d bytes long, at most %d are allowed", len(s), t.maxTypesLen)
+	}
+	types := map[string]bool{}
+	for typ := range strings.SplitSeq(s, ",") {
+		if typ = strings.TrimSpace(typ); typ != "" {
+			types[typ] = true
+		}
+	}
+	if t.maxTypes > 0 && len(types) > t.maxTypes {
+		return nil, fmt.Errorf("types lists %d event types, at most %d are allowed", len(types), t.maxTypes)
+	}
+	return types, nil
+}
+
 // sseSink queues entries for one stream.
 type sseSink struct {
 	q    chan *entry
 	gone chan struct{}
-	why  closeTag // metrics: why it ended
+	once sync.Once
+
+	mu         sync.Mutex
+	code       int // why the hub closed it, for the final comment
+	reason     string
+	metricsTag closeTag // metrics: why it ended
 }
 
 func (k *sseSink) send(e *entry) bool {
@@ -133,11 +182,23 @@ func (k *sseSink) send(e *entry) bool {
 	}
 }
 
-// close ends the stream: there is no close code in SSE, so the client just
-// reconnects and sends Last-Event-ID.
-func (k *sseSink) close(code int, _ string) {
-	k.why.code(code)
-	close(k.gone)
+// close ends the stream. SSE has no close code: the stream ends with a
+// comment that gives the WebSocket code and reason, for people and
+// scripts; EventSource ignores it, reconnects and sends Last-Event-ID.
+func (k *sseSink) close(code int, reason string) {
+	k.once.Do(func() {
+		k.mu.Lock()
+		k.code, k.reason = code, reason
+		k.metricsTag.code(code)
+		k.mu.Unlock()
+		close(k.gone)
+	})
+}
+
+func (k *sseSink) why() (int, string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.code, k.reason
 }
 
 // sseWriter writes with a deadline per write: the server's WriteTimeout is
@@ -155,6 +216,14 @@ func (o sseWriter) write(b []byte) error {
 }
 
 func (o sseWriter) flush() error { return o.rc.Flush() }
+
+// closing writes the stream's last words, ": close <code> <reason>". A
+// client too slow to take them is cut by the write deadline anyway.
+func (o sseWriter) closing(code int, reason string) {
+	if o.write([]byte(": close "+strconv.Itoa(code)+" "+reason+"\n\n")) == nil {
+		_ = o.flush()
+	}
+}
 
 func (o sseWriter) event(e *entry) error { return o.write(e.sse) }
 

@@ -3,8 +3,11 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -13,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
+	"golang.org/x/time/rate"
 
 	"github.com/budget-rt/gateway/notify"
 )
@@ -30,6 +34,9 @@ type wsConn struct {
 	from   notify.Position // the head before the upgrade
 	sub    *Subscription   // from the query: what it starts subscribed to
 	nsub   int             // subscriptions it named, for ids of unnamed ones
+	addr   netip.Addr      // the client's address, for the per-address limit
+	rate   *rate.Limiter   // the client's messages
+	cut    atomic.Bool     // closed for breaking a limit: ignore what it sent after
 }
 
 // wsTransport serves the WebSocket endpoint with melody.
@@ -39,8 +46,13 @@ type wsTransport struct {
 	log          *slog.Logger
 	m            *melody.Melody
 	conns        *registry
+	addrs        *addrSlots
+	clients      clientAddrs
 	writeTimeout time.Duration
 	queue        int32
+	msgRate      rate.Limit
+	msgBurst     int
+	bodyTimeout  time.Duration // to read the body of /ws/disconnect
 	metrics      *metrics
 }
 
@@ -48,25 +60,33 @@ type wsTransport struct {
 // the transport's own frames (ping, pong, online_status).
 const controlMargin = 8
 
-func newWS(hub *Hub, logger *slog.Logger, opt Options) *wsTransport {
+func newWS(hub *Hub, logger *slog.Logger, opt Options, addrs *addrSlots) *wsTransport {
 	perUser := opt.MaxConnsPerUser
 	if opt.Auth.Open() {
 		perUser = 0 // everyone is user 0: only the total limit means anything
 	}
 	t := &wsTransport{hub: hub, auth: opt.Auth, log: logger, m: melody.New(), writeTimeout: opt.WriteTimeout,
-		conns: newRegistry(perUser, opt.MaxConns), queue: int32(opt.SendQueue)}
+		conns: newRegistry(perUser, opt.MaxConns), addrs: addrs, clients: clientAddrs{trusted: opt.TrustedProxies},
+		queue: int32(opt.SendQueue), msgRate: rate.Inf, msgBurst: opt.MessageBurst}
+	if opt.MessageRate > 0 {
+		t.msgRate = rate.Limit(opt.MessageRate)
+	}
 	// melody's upgrader accepts every origin; a page on another site must
 	// not read a user's events with their cookie-fetched token.
 	t.m.Upgrader.CheckOrigin = originChecker(opt.AllowedOrigins)
-	t.m.Upgrader.HandshakeTimeout = 10 * time.Second
+	// Only bounds writing the 101 answer: the request's headers are bounded
+	// by the server's ReadHeaderTimeout.
+	t.m.Upgrader.HandshakeTimeout = opt.HandshakeTimeout
 	t.m.Config.MessageBufferSize = opt.SendQueue + controlMargin
 	t.m.Config.WriteWait = opt.WriteTimeout
-	t.m.Config.MaxMessageSize = 4096
+	// Over the limit, gorilla sends 1009 and stops reading the message.
+	t.m.Config.MaxMessageSize = opt.MaxMessageBytes
 	t.m.HandleConnect(t.connect)
 	t.m.HandleDisconnect(t.disconnect)
 	t.m.HandleError(t.error)
 	t.m.HandleSentMessage(t.sent)
 	t.m.HandleMessage(t.message)
+	t.m.HandleMessageBinary(t.binary)
 	return t
 }
 
@@ -98,16 +118,29 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	c := &wsConn{id: uuid.NewString(), user: user, last: r.URL.Query().Get("last_event_id"), from: from, sub: sub}
+	c := &wsConn{id: uuid.NewString(), user: user, last: r.URL.Query().Get("last_event_id"), from: from, sub: sub,
+		addr: t.clients.of(r), rate: rate.NewLimiter(t.msgRate, t.msgBurst)}
 	if err := t.conns.reserve(c); err != nil {
 		t.log.Info("websocket refused", "reason", err, "user", user.ID)
 		http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
 		return
 	}
+	if !t.addrs.acquire(c.addr) {
+		t.conns.release(c)
+		t.log.Info("websocket refused", "reason", "too many connections from this address", "addr", c.addr, "limit", t.addrs.max)
+		http.Error(w, fmt.Sprintf("forbidden: too many connections from this address (%d at most)", t.addrs.max), http.StatusForbidden)
+		return
+	}
 	if err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyConn: c}); err != nil {
-		t.conns.release(c) // no session: the disconnect hook will not run
+		t.release(c) // no session: the disconnect hook will not run
 		t.log.Debug("websocket upgrade", "err", err)
 	}
+}
+
+// release frees c's places under the limits.
+func (t *wsTransport) release(c *wsConn) {
+	t.conns.release(c)
+	t.addrs.release(c.addr)
 }
 
 // originChecker allows requests without an Origin (not from a browser),
@@ -144,6 +177,20 @@ func (t *wsTransport) connect(s *melody.Session) {
 	c.s = s
 	c.client = newClient(&wsSink{s: s, timeout: t.writeTimeout}, int(t.queue), c.sub, t.hub.Viewer(c.user))
 	t.conns.attach(c)
+	// Control pings cost a pong each: they count against the message rate
+	// like data messages. (Browsers never send them.)
+	conn := s.WebsocketConnection()
+	conn.SetPingHandler(func(data string) error {
+		if !t.allow(c) {
+			return nil
+		}
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		var ne net.Error
+		if errors.Is(err, websocket.ErrCloseSent) || (errors.As(err, &ne) && ne.Timeout()) {
+			return nil // as gorilla's default handler: not worth ending the read loop
+		}
+		return err
+	})
 	out := wsEmitter{s: s, timeout: t.writeTimeout}
 	err := out.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))
 	if err == nil {
@@ -167,7 +214,7 @@ func (t *wsTransport) disconnect(s *melody.Session) {
 			t.hub.Detach(c.client)
 			t.metrics.disconnected(transportWS, c.client.sink.(*wsSink).why.get())
 		}
-		t.conns.release(c)
+		t.release(c)
 	}
 }
 

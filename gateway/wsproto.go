@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/olahol/melody"
 )
 
@@ -14,10 +15,11 @@ import (
 // {"type":"check_online"} with online_status, and changes subscriptions
 // (subscribe, unsubscribe: answered with subscribed, unsubscribed or
 // subscription_error). Anything else, including invalid JSON, is ignored: a
-// client bug must not cost the connection.
+// client bug must not cost the connection. Only
+// flooding does (see allow).
 func (t *wsTransport) message(s *melody.Session, msg []byte) {
 	c := connOf(s)
-	if c == nil || c.client == nil {
+	if c == nil || c.client == nil || !t.allow(c) {
 		return
 	}
 	var m struct {
@@ -51,6 +53,52 @@ func (t *wsTransport) message(s *melody.Session, msg []byte) {
 	default:
 		t.log.Debug("ignoring client message", "type", m.Type, "conn", c.id)
 	}
+}
+
+// binary ignores a binary message, beyond counting it against the rate.
+func (t *wsTransport) binary(s *melody.Session, _ []byte) {
+	if c := connOf(s); c != nil && c.client != nil && t.allow(c) {
+		t.log.Debug("ignoring binary client message", "conn", c.id)
+	}
+}
+
+// allow takes one message from c's token bucket. A client over the rate is
+// closed with 1008: answering a flood would cost every other client, and
+// dropping messages silently would break a client that only sends too fast
+// by mistake. It runs on the session's read loop, which stops once the
+// socket is closed.
+func (t *wsTransport) allow(c *wsConn) bool {
+	if c.cut.Load() {
+		return false
+	}
+	if c.rate.Allow() {
+		return true
+	}
+	if c.cut.CompareAndSwap(false, true) {
+		t.log.Info("closing websocket", "reason", "message rate exceeded", "conn", c.id, "addr", c.addr)
+		t.hub.Detach(c.client)
+		t.closeFromReader(c, ClosePolicy, ReasonRate)
+	}
+	return false
+}
+
+// closeGrace is how long a socket closed for breaking a limit waits for the
+// client's close frame.
+const closeGrace = 2 * time.Second
+
+// closeFromReader sends c a close frame and ends its read loop when the
+// client answers, or after closeGrace; the loop drops what it reads until
+// then. Closing the socket at once, with the flood unread, would reset the
+// connection and the client could lose the close frame. Call it on the
+// session's read loop only.
+func (t *wsTransport) closeFromReader(c *wsConn, code int, reason string) {
+	if c.client != nil {
+		c.client.sink.(*wsSink).why.code(code) // metrics: why it ended
+	}
+	conn := c.s.WebsocketConnection()
+	conn.SetPongHandler(nil) // melody's would move the deadline on
+	_ = conn.SetReadDeadline(time.Now().Add(closeGrace))
+	_ = conn.WriteControl(websocket.CloseMessage, closeMessage(code, reason), time.Now().Add(t.writeTimeout))
 }
 
 // pinger sends every connection {"type":"ping"} each interval, as the app's

@@ -188,8 +188,8 @@ func TestTailPrintsEvents(t *testing.T) {
 	if s := summary(2); !strings.Contains(s, `name="Flat rent"`) || !strings.Contains(s, "type=expense") {
 		t.Errorf("article_updated summary %q, want the quoted name and the type", s)
 	}
-	if s := summary(3); !regexp.MustCompile(`^id=\d+$`).MatchString(s) {
-		t.Errorf("article_deleted summary %q, want the key only", s)
+	if s := summary(3); !regexp.MustCompile(`^id=\d+ `).MatchString(s) || !strings.Contains(s, `name="Flat rent"`) {
+		t.Errorf("article_deleted summary %q, want the key first, then the row as it was", s)
 	}
 
 	// --color always paints the type; the plain text stays the same.

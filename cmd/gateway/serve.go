@@ -85,25 +85,40 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 			return ok, err
 		}
 	}
+	proxies, _ := cfg.Proxies() // validated by Load
 	srv := gateway.New(logger, store, func() error {
 		if st := follower.Status(); !st.Ready() {
 			return st.Err
 		}
 		return nil
 	}, gateway.Options{
-		Auth:            auth,
-		MintWSToken:     cfg.MintWSToken,
-		PingInterval:    cfg.PingInterval,
-		MaxConnsPerUser: cfg.MaxConnsUser,
-		MaxConns:        cfg.MaxConns,
-		AllowedOrigins:  cfg.Origins(),
-		Window:          cfg.ReplayEvents,
-		SendQueue:       cfg.SendQueue,
-		WriteTimeout:    cfg.WriteTimeout,
-		Heartbeat:       cfg.Heartbeat,
-		Visibility:      vis,
-		OpsToken:        cfg.OpsToken,
-		MetricsRoute:    cfg.MetricsAddr == "",
+		Auth:             auth,
+		MintWSToken:      cfg.MintWSToken,
+		PingInterval:     cfg.PingInterval,
+		MaxConnsPerUser:  cfg.MaxConnsUser,
+		MaxConns:         cfg.MaxConns,
+		AllowedOrigins:   cfg.Origins(),
+		Window:           cfg.ReplayEvents,
+		SendQueue:        cfg.SendQueue,
+		WriteTimeout:     cfg.WriteTimeout,
+		Heartbeat:        cfg.Heartbeat,
+		Visibility:       vis,
+		MaxMessageBytes:  cfg.MaxMessageBytes,
+		MessageRate:      cfg.MessageRate,
+		MessageBurst:     cfg.MessageBurst,
+		MaxConnsPerAddr:  cfg.MaxConnsAddr,
+		TrustedProxies:   proxies,
+		MaxSSEClients:    cfg.MaxSSEClients,
+		MaxPollers:       cfg.MaxPollers,
+		MaxTypes:         cfg.MaxTypes,
+		MaxTypesBytes:    cfg.MaxTypesBytes,
+		HeaderTimeout:    cfg.HeaderTimeout,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:      cfg.IdleTimeout,
+		MaxHeaderBytes:   cfg.MaxHeaderBytes,
+		SendBuffer:       cfg.SendBuffer,
+		OpsToken:         cfg.OpsToken,
+		MetricsRoute:     cfg.MetricsAddr == "",
 		Sources: gateway.Sources{
 			Follower: follower.Status,
 			Backlog:  store.Backlog,
@@ -115,15 +130,9 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 	follower.Publish = srv.Hub().Publish
 	follower.Trim = srv.Hub().Trim
 
-	handler := srv.Handler()
+	httpSrv := srv.HTTPServer()
 	if wrap != nil {
-		handler = wrap(handler)
-	}
-	httpSrv := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		// No WriteTimeout: streams live for hours; each write has its own deadline.
+		httpSrv.Handler = wrap(httpSrv.Handler)
 	}
 
 	g, gctx := errgroup.WithContext(ctx)

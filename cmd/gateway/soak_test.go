@@ -37,7 +37,8 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	db := newTestDB(t)
-	g := startGateway(t, db, "GATEWAY_MAX_CONNECTIONS=100000", "GATEWAY_RETENTION_EVENTS=20000", "GATEWAY_PRUNE_INTERVAL=10s")
+	g := startGateway(t, db, "GATEWAY_MAX_CONNECTIONS=100000", "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS=100000",
+		"GATEWAY_RETENTION_EVENTS=20000", "GATEWAY_PRUNE_INTERVAL=10s")
 
 	// Light clients: a reader goroutine each, counting frames (the harness's
 	// wsClient buffers far too much for thousands of them).
