@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"strconv"
 	"strings"
@@ -44,7 +46,9 @@ type Auth struct {
 func (a *Auth) Open() bool { return a == nil || len(a.Secret) == 0 }
 
 func (a *Auth) parse(token string) (jwt.MapClaims, error) {
-	opts := []jwt.ParserOption{jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithIssuedAt()}
+	// Numbers stay as written (json.Number): through float64, a user id
+	// above 2^53 would read as its neighbour's.
+	opts := []jwt.ParserOption{jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithJSONNumber()}
 	if a.Now != nil {
 		opts = append(opts, jwt.WithTimeFunc(a.Now))
 	}
@@ -160,16 +164,41 @@ func (a *Auth) MintWS(u User, ttl time.Duration) (string, error) {
 	return s, nil
 }
 
-// userID accepts the id as a JSON number or a decimal string.
+// userID accepts the id as a decimal string or a JSON number whose exact
+// value is an integer (7, 7.0, 7e0).
 func userID(v any) (int64, error) {
 	switch v := v.(type) {
 	case string:
 		return strconv.ParseInt(v, 10, 64)
-	case float64:
-		if v != float64(int64(v)) {
-			return 0, fmt.Errorf("%v is not an integer", v)
+	case json.Number:
+		if n, ok := exactInt64(v); ok {
+			return n, nil
 		}
-		return int64(v), nil
+		return 0, fmt.Errorf("%s is not a 64-bit integer", v)
 	}
 	return 0, fmt.Errorf("missing or not an id: %v", v)
+}
+
+// exactInt64 is the value of a JSON number when it is exactly an integer in
+// int64's range.
+func exactInt64(n json.Number) (int64, bool) {
+	s := string(n)
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return i, true
+	}
+	// 7.0 or 7e0 are exact only as rationals; bound the exponent first, or
+	// 1e999999999 would cost gigabytes.
+	if len(s) > 64 {
+		return 0, false
+	}
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		if e, err := strconv.Atoi(s[i+1:]); err != nil || e < -64 || e > 64 {
+			return 0, false
+		}
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || !r.IsInt() || !r.Num().IsInt64() {
+		return 0, false
+	}
+	return r.Num().Int64(), true
 }

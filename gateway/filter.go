@@ -133,6 +133,11 @@ func nameSet(what string, names []string) (map[string]bool, error) {
 		if what == "tables" {
 			n = notify.TableName(n) // "public.facts" is "facts"
 		}
+		if n == "" {
+			// Matches nothing, like an empty list (a WebSocket message's
+			// [""] reaches here; the query's empty items were dropped).
+			return nil, fmt.Errorf("%w: %s has an empty entry", errBadSubscription, what)
+		}
 		set[n] = true
 	}
 	return set, nil

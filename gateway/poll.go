@@ -69,14 +69,11 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"detail": err.Error()})
 		return
 	}
-	timeout := 5
-	if s := q.Get("timeout"); s != "" {
-		if timeout, err = strconv.Atoi(s); err != nil || timeout < 0 {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"detail": "timeout must be a whole number of seconds"})
-			return
-		}
+	timeout, err := parseTimeout(q.Get("timeout"))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"detail": err.Error()})
+		return
 	}
-	timeout = min(timeout, 30)
 	release, ok := admit(w, &t.polls, t.addrs, t.clients.of(r), "long-polls")
 	if !ok {
 		return

@@ -66,11 +66,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	last := r.Header.Get("Last-Event-ID") // set by EventSource on reconnect: newer than the URL's
-	if last == "" {
-		last = r.URL.Query().Get("last_event_id")
-	}
-
+	last := resumeID(r.Header, r.URL.Query())
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")

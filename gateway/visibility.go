@@ -86,6 +86,11 @@ func claimScalar(x any) (string, bool) {
 	switch x := x.(type) {
 	case string:
 		return x, true
+	case json.Number: // as tokens are parsed: exactly as written
+		if n, ok := exactInt64(x); ok {
+			return strconv.FormatInt(n, 10), true
+		}
+		return string(x), true
 	case float64:
 		if x == float64(int64(x)) {
 			return strconv.FormatInt(int64(x), 10), true

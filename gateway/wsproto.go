@@ -15,43 +15,26 @@ import (
 // {"type":"check_online"} with online_status, and changes subscriptions
 // (subscribe, unsubscribe: answered with subscribed, unsubscribed or
 // subscription_error). Anything else, including invalid JSON, is ignored: a
-// client bug must not cost the connection. Only
-// flooding does (see allow).
+// client bug must not cost the connection; only flooding does (see allow).
+// The decisions are pure functions of the message (parseClientMessage,
+// reply, apply, answer), fuzzed without a socket.
 func (t *wsTransport) message(s *melody.Session, msg []byte) {
 	c := connOf(s)
 	if c == nil || c.client == nil || !t.allow(c) {
 		return
 	}
-	var m struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(msg, &m); err != nil {
-		t.log.Debug("ignoring client message", "err", err, "conn", c.id)
-		return
-	}
+	m := parseClientMessage(msg)
 	now := time.Now()
-	switch m.Type {
-	case "ping":
-		t.control(c, controlFrame("pong", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now))
-	case "check_online":
-		t.control(c, controlFrame("online_status", "", map[string]any{"online": true, "timestamp": now.UTC().Format(timeLayout)}, now))
-	case "subscribe", "unsubscribe":
-		var sm subscribeMsg
-		if err := json.Unmarshal(msg, &sm); err != nil {
-			t.resubscribe(c, "", "", func([]*Subscription) ([]*Subscription, error) {
-				return nil, fmt.Errorf("%w: %s", errBadSubscription, clip(err.Error()))
-			}, nil)
-			return
-		}
-		if m.Type == "subscribe" {
-			t.subscribe(c, &sm)
-		} else {
-			t.unsubscribe(c, &sm)
-		}
-	case "pong":
+	reply := m.reply(now)
+	switch {
+	case reply != nil:
+		t.control(c, reply)
+	case m.changesSubscriptions():
+		t.resubscribe(c, m, now)
+	case m.typ == "pong":
 		// an answer to our ping: reading it already kept the link alive
 	default:
-		t.log.Debug("ignoring client message", "type", m.Type, "conn", c.id)
+		t.log.Debug("ignoring client message", "type", clip(m.typ), "conn", c.id)
 	}
 }
 
@@ -101,6 +84,100 @@ func (t *wsTransport) closeFromReader(c *wsConn, code int, reason string) {
 	_ = conn.WriteControl(websocket.CloseMessage, closeMessage(code, reason), time.Now().Add(t.writeTimeout))
 }
 
+// clientMsg is what one client message asks for.
+type clientMsg struct {
+	typ string        // its "type"; "" when it is not a JSON object with a string type
+	id  *string       // subscribe, unsubscribe: the subscription id it names, if any
+	sub *Subscription // subscribe: the subscription, when it is valid
+	err error         // subscribe, unsubscribe: why it is refused
+}
+
+// parseClientMessage decodes a client's message. It never fails: what it
+// does not understand has a type no one acts on.
+func parseClientMessage(msg []byte) clientMsg {
+	var head struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(msg, &head) != nil {
+		return clientMsg{}
+	}
+	m := clientMsg{typ: head.Type}
+	if !m.changesSubscriptions() {
+		return m
+	}
+	var sm subscribeMsg
+	if err := json.Unmarshal(msg, &sm); err != nil {
+		m.err = fmt.Errorf("%w: %s", errBadSubscription, clip(err.Error()))
+		return m
+	}
+	m.id = sm.ID
+	switch {
+	case m.typ == "subscribe":
+		m.sub, m.err = parseSubscribe(&sm)
+	case sm.ID == nil:
+		m.err = fmt.Errorf("%w: unsubscribe needs the id", errBadSubscription)
+	}
+	return m
+}
+
+func (m clientMsg) changesSubscriptions() bool { return m.typ == "subscribe" || m.typ == "unsubscribe" }
+
+// reply is the frame that answers a ping or check_online, else nil.
+func (m clientMsg) reply(now time.Time) []byte {
+	switch m.typ {
+	case "ping":
+		return controlFrame("pong", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now)
+	case "check_online":
+		return controlFrame("online_status", "", map[string]any{"online": true, "timestamp": now.UTC().Format(timeLayout)}, now)
+	}
+	return nil
+}
+
+// apply returns the subscriptions after m, and the id of the one it added,
+// replaced or removed. nsub numbers the subscriptions named by the gateway
+// ("s1", ...); it only moves when a subscription without an id is added.
+// subs is not modified.
+func (m clientMsg) apply(subs []*Subscription, nsub *int) ([]*Subscription, string, error) {
+	if m.err != nil {
+		return nil, "", m.err
+	}
+	if m.typ == "unsubscribe" {
+		i := slices.IndexFunc(subs, func(s *Subscription) bool { return s.ID == *m.id })
+		if i < 0 {
+			return nil, "", fmt.Errorf("%w: no subscription %q", errBadSubscription, clip(*m.id))
+		}
+		return slices.Delete(slices.Clone(subs), i, i+1), *m.id, nil
+	}
+	sub := *m.sub // the message may be applied again; its own copy keeps its id
+	if sub.ID == "" {
+		*nsub++
+		sub.ID = fmt.Sprintf("s%d", *nsub)
+	}
+	out := slices.DeleteFunc(slices.Clone(subs), func(s *Subscription) bool { return s.ID == sub.ID })
+	if len(out) >= maxSubscriptions {
+		return nil, "", fmt.Errorf("%w: at most %d subscriptions per connection", errBadSubscription, maxSubscriptions)
+	}
+	return append(out, &sub), sub.ID, nil
+}
+
+// answer is the frame that tells the client what apply did: subscribed or
+// unsubscribed, with the id and the ids now active, or subscription_error
+// with the id the message named ("" when none).
+func (m clientMsg) answer(subs []*Subscription, id string, err error, now time.Time) []byte {
+	if err != nil {
+		asked := ""
+		if m.id != nil {
+			asked = clip(*m.id)
+		}
+		return controlFrame("subscription_error", "", map[string]any{"id": asked, "error": err.Error()}, now)
+	}
+	ids := make([]string, len(subs))
+	for i, s := range subs {
+		ids[i] = s.ID
+	}
+	return controlFrame(m.typ+"d", "", map[string]any{"id": id, "subscriptions": ids}, now)
+}
+
 // pinger sends every connection {"type":"ping"} each interval, as the app's
 // server does: its client marks a link stale after 45 s without a message.
 // The frame is built once per tick and shared.
@@ -120,69 +197,20 @@ func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
 	}
 }
 
-// subscribe adds the subscription of m, or replaces the one with its id.
-func (t *wsTransport) subscribe(c *wsConn, m *subscribeMsg) {
-	sub, err := parseSubscribe(m)
-	t.resubscribe(c, "subscribed", idOf(m), func(subs []*Subscription) ([]*Subscription, error) {
-		if err != nil {
-			return nil, err
-		}
-		if sub.ID == "" {
-			c.nsub++
-			sub.ID = fmt.Sprintf("s%d", c.nsub)
-		}
-		out := slices.DeleteFunc(slices.Clone(subs), func(s *Subscription) bool { return s.ID == sub.ID })
-		if len(out) >= maxSubscriptions {
-			return nil, fmt.Errorf("%w: at most %d subscriptions per connection", errBadSubscription, maxSubscriptions)
-		}
-		return append(out, sub), nil
-	}, func() string { return sub.ID })
-}
-
-// unsubscribe removes the subscription with m's id. With none left, the
-// connection receives no events until it subscribes again.
-func (t *wsTransport) unsubscribe(c *wsConn, m *subscribeMsg) {
-	t.resubscribe(c, "unsubscribed", idOf(m), func(subs []*Subscription) ([]*Subscription, error) {
-		if m.ID == nil {
-			return nil, fmt.Errorf("%w: unsubscribe needs the id", errBadSubscription)
-		}
-		i := slices.IndexFunc(subs, func(s *Subscription) bool { return s.ID == *m.ID })
-		if i < 0 {
-			return nil, fmt.Errorf("%w: no subscription %q", errBadSubscription, clip(*m.ID))
-		}
-		return slices.Delete(slices.Clone(subs), i, i+1), nil
-	}, func() string { return *m.ID })
-}
-
-// resubscribe applies change in the hub and queues the answer: ok (with the
-// subscription's id and the ids now active) or subscription_error.
-func (t *wsTransport) resubscribe(c *wsConn, ok, asked string, change func([]*Subscription) ([]*Subscription, error), id func() string) {
-	now := time.Now()
-	t.hub.resubscribe(c.client, change, func(subs []*Subscription, err error) {
-		var frame []byte
-		if err != nil {
-			frame = controlFrame("subscription_error", "", map[string]any{"id": asked, "error": err.Error()}, now)
-		} else {
-			ids := make([]string, len(subs))
-			for i, s := range subs {
-				ids[i] = s.ID
-			}
-			frame = controlFrame(ok, "", map[string]any{"id": id(), "subscriptions": ids}, now)
-		}
+// resubscribe applies m in the hub and queues the answer.
+func (t *wsTransport) resubscribe(c *wsConn, m clientMsg, now time.Time) {
+	var id string
+	t.hub.resubscribe(c.client, func(subs []*Subscription) ([]*Subscription, error) {
+		out, sid, err := m.apply(subs, &c.nsub)
+		id = sid
+		return out, err
+	}, func(subs []*Subscription, err error) {
 		// Queued under the hub's lock (see Hub.resubscribe); a full queue is
 		// dealt with after it.
 		c.client.inflight.Add(1)
-		_ = c.s.Write(frame)
+		_ = c.s.Write(m.answer(subs, id, err, now))
 	})
 	if c.client.sink.(*wsSink).full.Load() {
 		t.hub.kickSlow(c.client)
 	}
-}
-
-// idOf is the id a message named, for error answers ("" when none).
-func idOf(m *subscribeMsg) string {
-	if m.ID == nil {
-		return ""
-	}
-	return clip(*m.ID)
 }

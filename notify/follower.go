@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strings"
+	"strconv"
 	"sync"
 	"time"
 
@@ -61,9 +61,36 @@ type Follower struct {
 	// would wait for notifications forever, so each poll the follower
 	// NOTIFYs itself and expects to hear it back.
 	conn     *pgx.Conn // the current LISTEN connection
-	beatID   string    // this follower's heartbeat prefix
+	beatID   uint64    // this follower's heartbeat sender id; 0 until the first
 	beatN    int64
 	beatSeen time.Time // when the connection last proved alive
+
+	// Commit sequences heard that were ahead of the cursor, to be judged
+	// (real, or never issued) after the read they rang for.
+	heard   []heardSeq
+	badNote tally // bad notifications, by kind
+}
+
+// heardSeq is a commit sequence some backend notified.
+type heardSeq struct {
+	seq int64
+	pid uint32 // the notifying backend, to find who sends bad ones
+}
+
+// maxHeard bounds the sequences kept for judging between two reads. A
+// burst of real commits can exceed it; the ones beyond are not judged.
+const maxHeard = 1024
+
+// Stats counts the bad input the follower has skipped since it started, by
+// kind, for metrics. The first of each kind was logged as a warning.
+type Stats struct {
+	BadNotifications map[string]uint64 // BadNotify*: payloads on the channel that are not ours
+	BadRows          map[string]uint64 // BadRow*: rows of the log the gateway cannot use (Store.BadRows)
+}
+
+// Stats returns the counts of bad input skipped so far.
+func (f *Follower) Stats() Stats {
+	return Stats{BadNotifications: f.badNote.snapshot(), BadRows: f.Store.BadRows()}
 }
 
 // Status is a snapshot of the follower's health, for readiness and metrics.
@@ -165,8 +192,12 @@ func (f *Follower) Run(ctx context.Context) error {
 	<-retry.C
 	failures := 0
 	for {
+		f.mu.Lock()
+		heard := len(f.heard) // sequences notified before this read
+		f.mu.Unlock()
 		if f.catchUp(ctx) {
 			failures = 0
+			f.judge(ctx, heard)
 		} else {
 			failures++
 			retry.Reset(f.backoff(failures))
@@ -202,11 +233,11 @@ func (f *Follower) backoff(failures int) time.Duration {
 func (f *Follower) heartbeat(ctx context.Context) {
 	f.mu.Lock()
 	conn, listening, seen := f.conn, f.listening, f.beatSeen
-	if f.beatID == "" {
-		f.beatID = fmt.Sprintf("hb %016x", rand.Uint64())
+	if f.beatID == 0 {
+		f.beatID = rand.Uint64() | 1
 	}
 	f.beatN++
-	payload := fmt.Sprintf("%s %d", f.beatID, f.beatN)
+	payload := formatBeat(f.beatID, f.beatN)
 	f.mu.Unlock()
 	if !listening || conn == nil {
 		return
@@ -229,20 +260,64 @@ func (f *Follower) heartbeat(ctx context.Context) {
 	}
 }
 
-// isHeartbeat reports whether payload is a heartbeat (of any replica), and
-// records it when it is this follower's own. Any of its own counts, not only
-// the last one sent: on a slow network an echo can arrive after the next
-// heartbeat has gone out, and it still proves the connection hears.
-func (f *Follower) isHeartbeat(payload string) bool {
-	if !strings.HasPrefix(payload, "hb ") {
-		return false
-	}
+// heardBeat records a heartbeat (of any replica) when it is this
+// follower's own. Any of its own counts, not only the last one sent: on a
+// slow network an echo can arrive after the next heartbeat has gone out, and
+// it still proves the connection hears.
+func (f *Follower) heardBeat(p payload) {
 	f.mu.Lock()
-	if f.beatID != "" && strings.HasPrefix(payload, f.beatID+" ") {
+	if p.beat == f.beatID {
 		f.beatSeen = time.Now()
 	}
 	f.mu.Unlock()
-	return true
+}
+
+// heardSeq keeps a notified commit sequence that is ahead of the cursor, for
+// judge to check after the read.
+func (f *Follower) heardSeq(seq int64, pid uint32) {
+	f.mu.Lock()
+	if seq > f.cursor.Seq && len(f.heard) < maxHeard {
+		f.heard = append(f.heard, heardSeq{seq: seq, pid: pid})
+	}
+	f.mu.Unlock()
+}
+
+// judge runs after a read that caught up, on the first n sequences heard:
+// those notified before the read began. A real notification is delivered
+// after its commit, so that read saw the commit; if the sequence is still
+// ahead of the cursor it was pruned first, or never issued at all: a
+// NOTIFY from something else, which the sequence itself tells. Sequences
+// heard during the read are judged after the next one, so a steady stream
+// of commits costs no query here.
+func (f *Follower) judge(ctx context.Context, n int) {
+	f.mu.Lock()
+	cursor := f.cursor.Seq
+	var ahead []heardSeq
+	for _, h := range f.heard[:n] {
+		if h.seq > cursor {
+			ahead = append(ahead, h)
+		}
+	}
+	f.heard = append(f.heard[:0], f.heard[n:]...)
+	f.mu.Unlock()
+	if len(ahead) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, f.ReadTimeout)
+	issued, err := f.Store.issued(rctx)
+	cancel()
+	if err != nil {
+		f.mu.Lock()
+		f.heard = append(f.heard, ahead[:min(len(ahead), maxHeard-len(f.heard))]...) // judged after the next read
+		f.mu.Unlock()
+		return
+	}
+	for _, h := range ahead {
+		if h.seq > issued {
+			f.badNote.add(f.Logger, "ignoring a notification on the gateway's channel", BadNotifyFuture,
+				"channel", rtsql.Channel, "payload", strconv.FormatInt(h.seq, 10), "issued", issued, "sender_pid", h.pid)
+		}
+	}
 }
 
 // catchUp reads and publishes until the log has nothing after the cursor. It
@@ -273,7 +348,7 @@ func (f *Follower) catchUp(ctx context.Context) bool {
 		}
 		f.mu.Lock()
 		f.cursor = next
-		if len(evs) == 0 {
+		if next == cursor { // nothing more (a page of bad rows only still moves on)
 			if f.readErr != nil {
 				f.Logger.Info("event log readable again")
 			}
@@ -322,10 +397,21 @@ func (f *Follower) ring() {
 
 // doorbell is the pgxlisten handler. It only rings: the read happens on the
 // Run goroutine with a pooled connection, so the LISTEN loop never waits.
+// A payload that is neither a commit sequence nor a heartbeat does not ring
+// (see parsePayload): it is counted and skipped.
 type doorbell Follower
 
 func (d *doorbell) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
-	if f := (*Follower)(d); !f.isHeartbeat(n.Payload) {
+	f := (*Follower)(d)
+	p, bad := parsePayload(n.Payload)
+	switch {
+	case bad != "":
+		f.badNote.add(f.Logger, "ignoring a notification on the gateway's channel", bad,
+			"channel", n.Channel, "payload", clip(n.Payload), "sender_pid", n.PID)
+	case p.beat != 0:
+		f.heardBeat(p)
+	default:
+		f.heardSeq(p.seq, n.PID)
 		f.ring()
 	}
 	return nil

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -32,7 +34,17 @@ type Store struct {
 	// KeepColumns names, per table, columns a truncated row keeps besides
 	// its primary key (those visibility rules route by).
 	KeepColumns map[string][]string
+	// Logger reports rows the store skips; it defaults to slog.Default().
+	Logger *slog.Logger
+
+	bad tally // rows skipped by After and Latest, by kind
 }
+
+// BadRows returns how many rows of each kind (BadRow*) After and Latest have
+// skipped because the gateway cannot use them. Each row is counted once per
+// process: the follower reads on from where Latest stopped, and replays skip
+// the same rows again without counting them.
+func (s *Store) BadRows() map[string]uint64 { return s.bad.snapshot() }
 
 // readTxQuery reads whole transactions in commit order. Paging by transaction
 // lets it walk the unique index on seq and then the (xid, id) primary key.
@@ -51,15 +63,17 @@ type querier interface {
 }
 
 // After returns the events after pos, in commit order, reading at most one
-// page of transactions, and the position to read after next time. An empty
-// result means the reader is caught up.
+// page of transactions, and the position to read after next time. The reader
+// is caught up when that position is pos: a page may hold no event and still
+// move on, when every row in it was bad (skipped).
 func (s *Store) After(ctx context.Context, pos Position) ([]Event, Position, error) {
-	return s.page(ctx, s.Pool, pos, Position{Seq: math.MaxInt64, ID: math.MaxInt64})
+	return s.page(ctx, s.Pool, pos, Position{Seq: math.MaxInt64, ID: math.MaxInt64}, true)
 }
 
 // page reads the events in (after, upTo], at most one page of transactions,
-// and returns the position the next page starts after.
-func (s *Store) page(ctx context.Context, q querier, after, upTo Position) ([]Event, Position, error) {
+// and returns the position the next page starts after (after itself when
+// there was nothing to read). report says whether bad rows are counted.
+func (s *Store) page(ctx context.Context, q querier, after, upTo Position, report bool) ([]Event, Position, error) {
 	limit := s.PageTx
 	if limit <= 0 {
 		limit = 256
@@ -72,17 +86,18 @@ func (s *Store) page(ctx context.Context, q querier, after, upTo Position) ([]Ev
 	if err != nil {
 		return nil, after, fmt.Errorf("read event log: %w", err)
 	}
-	all, err := s.scan(ctx, q, rows)
+	sc, err := s.scan(ctx, q, rows, report)
 	if err != nil {
 		return nil, after, err
 	}
-	if len(all) == 0 {
+	if sc.rows == 0 {
 		return nil, after, nil
 	}
-	// Transactions are read whole, so the next page starts after the last one.
-	next := Position{Seq: all[len(all)-1].Pos.Seq, ID: math.MaxInt64}
-	out := all[:0]
-	for _, e := range all {
+	// Transactions are read whole, so the next page starts after the last
+	// one, whether its rows were good or not.
+	next := Position{Seq: sc.last.Seq, ID: math.MaxInt64}
+	out := sc.evs[:0]
+	for _, e := range sc.evs {
 		if e.Pos.Compare(after) > 0 && e.Pos.Compare(upTo) <= 0 {
 			out = append(out, e)
 		}
@@ -90,59 +105,80 @@ func (s *Store) page(ctx context.Context, q querier, after, upTo Position) ([]Ev
 	return out, next, nil
 }
 
-// scan decodes event rows (as readTxQuery selects them) and applies the row
-// size limit.
-func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows) ([]Event, error) {
-	defer rows.Close()
-	var (
-		out  []Event
-		buf  bytes.Buffer
-		op   string
-		data []byte
-	)
-	for rows.Next() {
-		var e Event
-		if err := rows.Scan(&e.Pos.Seq, &e.Pos.ID, &e.Table, &op, &e.Type, &data, &e.Time); err != nil {
-			return nil, fmt.Errorf("scan event: %w", err)
-		}
-		e.Table = TableName(e.Table)
-		if len(op) == 1 {
-			e.Op = Op(op[0])
-		}
-		e.Time = e.Time.UTC()
-		buf.Reset()
-		if err := json.Compact(&buf, data); err != nil {
-			return nil, fmt.Errorf("decode event %s: %w", e.Pos, err)
-		}
-		e.Data = bytes.Clone(buf.Bytes())
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read event log: %w", err)
-	}
-	if err := s.truncate(ctx, q, out); err != nil {
-		return nil, err
-	}
-	return out, nil
+// scanned is what one query of event rows found.
+type scanned struct {
+	evs         []Event  // the rows that decoded, in the query's order
+	first, last Position // of the first and last rows, bad ones included
+	rows        int      // rows read, bad ones included
 }
 
-// Latest returns up to n of the newest events, oldest first, and the position
-// of the newest event in the log (zero when the log is empty).
-func (s *Store) Latest(ctx context.Context, n int) ([]Event, Position, error) {
+// scan decodes event rows (as readTxQuery selects them), skipping the ones
+// the gateway cannot use (counted and logged when report is set), and
+// applies the row size limit. Every column is read as nullable, so a row
+// broken by hand is skipped instead of failing every read after it.
+func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows, report bool) (scanned, error) {
+	defer rows.Close()
+	var (
+		sc           scanned
+		buf          bytes.Buffer
+		tbl, op, typ pgtype.Text
+		data         []byte
+		committed    pgtype.Timestamptz
+		seq, id      int64
+	)
+	for rows.Next() {
+		if err := rows.Scan(&seq, &id, &tbl, &op, &typ, &data, &committed); err != nil {
+			return scanned{}, fmt.Errorf("scan event: %w", err)
+		}
+		r := row{Seq: seq, ID: id, Table: tbl.String, Op: op.String, Type: typ.String, Data: data}
+		if committed.Valid && committed.InfinityModifier == pgtype.Finite {
+			r.Time = committed.Time
+		}
+		if sc.rows == 0 {
+			sc.first = Position{Seq: seq, ID: id}
+		}
+		sc.last = Position{Seq: seq, ID: id}
+		sc.rows++
+		e, err := decodeRow(r, &buf)
+		if err != nil {
+			if re, ok := err.(*RowError); ok && report {
+				s.bad.add(s.Logger, "skipping an event log row the gateway cannot use", re.Kind,
+					"seq", re.Pos.Seq, "id", re.Pos.ID, "table", re.Table, "detail", re.Detail)
+			}
+			continue
+		}
+		sc.evs = append(sc.evs, e)
+	}
+	if err := rows.Err(); err != nil {
+		return scanned{}, fmt.Errorf("read event log: %w", err)
+	}
+	if err := s.truncate(ctx, q, sc.evs); err != nil {
+		return scanned{}, err
+	}
+	return sc, nil
+}
+
+// Latest returns up to n of the newest events, oldest first, the position
+// of the newest row in the log (zero when the log is empty), and whether
+// the events are the whole log. Bad rows are skipped, so there may be fewer
+// than n events although the log holds more.
+func (s *Store) Latest(ctx context.Context, n int) ([]Event, Position, bool, error) {
 	rows, err := s.Pool.Query(ctx, `
 SELECT t.seq, e.id, e.tbl, e.op, e.type, e.data::text, t.committed_at
 FROM (SELECT xid, seq, committed_at FROM rtgw.tx WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT $1) t
 JOIN rtgw.event e ON e.xid = t.xid
 ORDER BY t.seq DESC, e.id DESC LIMIT $1`, n)
 	if err != nil {
-		return nil, Position{}, fmt.Errorf("read log head: %w", err)
+		return nil, Position{}, false, fmt.Errorf("read log head: %w", err)
 	}
-	evs, err := s.scan(ctx, s.Pool, rows)
-	if err != nil || len(evs) == 0 {
-		return nil, Position{}, err
+	sc, err := s.scan(ctx, s.Pool, rows, true)
+	if err != nil {
+		return nil, Position{}, false, err
 	}
-	slices.Reverse(evs)
-	return evs, evs[len(evs)-1].Pos, nil
+	slices.Reverse(sc.evs)
+	// Newest first: the first row read is the head, good or bad, so the
+	// follower reads on after it and does not meet a bad row twice.
+	return sc.evs, sc.first, sc.rows < n, nil
 }
 
 // Replay calls fn with every event in (after, upTo], in order and in pages,
@@ -165,19 +201,34 @@ func (s *Store) Replay(ctx context.Context, after, upTo Position, fn func([]Even
 		}
 	}
 	for after.Compare(upTo) < 0 {
-		evs, next, err := s.page(ctx, tx, after, upTo)
+		// Bad rows are skipped without counting them again: the follower or
+		// Latest did when they first read them.
+		evs, next, err := s.page(ctx, tx, after, upTo, false)
 		if err != nil {
 			return err
 		}
-		if len(evs) == 0 {
-			break
+		if next == after {
+			break // nothing more; a page of bad rows only still moves on
 		}
-		if err := fn(evs); err != nil {
-			return err
+		if len(evs) > 0 {
+			if err := fn(evs); err != nil {
+				return err
+			}
 		}
 		after = next
 	}
 	return nil
+}
+
+// issued returns the last commit sequence rtgw.tx_seq has drawn (zero
+// before the first).
+func (s *Store) issued(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.Pool.QueryRow(ctx, `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM rtgw.tx_seq`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("read commit sequence: %w", err)
+	}
+	return n, nil
 }
 
 // checkPosition tells whether p is an event still in the log, and if not,

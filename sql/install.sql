@@ -173,7 +173,12 @@ BEGIN
     s := nextval('rtgw.tx_seq');
     -- Commit times strictly increase with seq, even if the clock steps back:
     -- the long-poll fallback pages by time, and must not skip a commit.
+    -- (An infinite time written by hand is ignored: it would make every
+    -- later commit time infinite too, and the gateway skips those rows.)
     SELECT committed_at INTO prev FROM rtgw.tx WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1;
+    IF NOT isfinite(prev) THEN
+        prev := NULL;
+    END IF;
     UPDATE rtgw.tx SET seq = s, committed_at = greatest(clock_timestamp(), prev + interval '1 microsecond')
     WHERE xid = NEW.xid;
     -- NOTIFY is only a doorbell: the gateway reads the table. If no gateway

@@ -613,3 +613,24 @@ func TestPollUnreadAnswerIsCut(t *testing.T) {
 		t.Fatalf("polling again: %d events (%v), want %d", len(a.Events), err, n)
 	}
 }
+
+// At shutdown an SSE stream also ends with its reason, as a comment.
+func TestSSEShutdownSaysWhy(t *testing.T) {
+	t.Parallel()
+	db := newTestDB(t)
+	g := startGateway(t, db)
+	s := openRawSSE(t, g.base+"/api/v1/budget/events", nil)
+	limitWaitReady(t, g, "clients", 1)
+	g.cancel()
+	want := fmt.Sprintf(": close %d %s", gateway.CloseGoingAway, gateway.ReasonShutdown)
+	if l := s.waitLine(t, ": close", 10*time.Second); l != want {
+		t.Fatalf("last words %q, want %q", l, want)
+	}
+	if err := s.waitEnd(t, 10*time.Second); err != nil {
+		t.Fatalf("stream ended with %v, want a clean end", err)
+	}
+	if err := <-g.done; err != nil {
+		t.Errorf("serve returned %v", err)
+	}
+	close(g.done) // tells the cleanup's stop that serve already returned
+}

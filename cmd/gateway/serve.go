@@ -50,7 +50,7 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 	defer pool.Close()
 
 	rules := cfg.Rules()
-	store := &notify.Store{Pool: pool, MaxRowBytes: cfg.MaxRowBytes, KeepColumns: map[string][]string{}}
+	store := &notify.Store{Pool: pool, MaxRowBytes: cfg.MaxRowBytes, KeepColumns: map[string][]string{}, Logger: logger}
 	var vis []gateway.Rule
 	var claims []string
 	for _, r := range rules {
@@ -189,14 +189,21 @@ func load(ctx context.Context, logger *slog.Logger, store *notify.Store, hub *ga
 			return notify.Position{}, fmt.Errorf("check GATEWAY_VISIBILITY: %w", err)
 		}
 		var (
-			evs  []notify.Event
-			head notify.Position
+			evs      []notify.Event
+			head     notify.Position
+			complete bool
 		)
 		if err == nil {
-			evs, head, err = store.Latest(ctx, window)
+			evs, head, complete, err = store.Latest(ctx, window)
 		}
 		if err == nil {
-			hub.Load(evs, head, len(evs) < window)
+			// head may be a bad row's (skipped) position: the follower reads on
+			// after it, while the hub's head stays the newest event it holds.
+			hubHead := head
+			if len(evs) > 0 {
+				hubHead = evs[len(evs)-1].Pos
+			}
+			hub.Load(evs, hubHead, complete)
 			logger.Info("replay window loaded", "events", len(evs), "head", head.String())
 			return head, nil
 		}

@@ -142,18 +142,6 @@ func TestStalledClientAmongThousand(t *testing.T) {
 		}
 	}
 	healthy := make([]*lightClient, healthyN)
-	var dialErr atomic.Value
-	var next atomic.Int32
-	concurrently(8, func(int) {
-		for i := int(next.Add(1)) - 1; i < healthyN; i = int(next.Add(1)) - 1 {
-			c, err := dialLight(g, nil, onEvent)
-			if err != nil {
-				dialErr.Store(err)
-				return
-			}
-			healthy[i] = c
-		}
-	})
 	t.Cleanup(func() {
 		for _, c := range healthy {
 			if c != nil {
@@ -161,7 +149,11 @@ func TestStalledClientAmongThousand(t *testing.T) {
 			}
 		}
 	})
-	if err := dialErr.Load(); err != nil {
+	if err := inParallel(healthyN, func(i int) error {
+		c, err := dialLight(g, nil, onEvent)
+		healthy[i] = c
+		return err
+	}); err != nil {
 		t.Fatalf("dial a healthy client: %v", err)
 	}
 	limitWaitReady(t, g, "clients", healthyN)
