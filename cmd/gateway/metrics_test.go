@@ -201,13 +201,25 @@ func TestMetricsFollowTheGateway(t *testing.T) {
 	}
 	waitMetrics(t, url, metric("rtgw_log_pending_events", 0), metric("rtgw_events_received_total", 26))
 
+	// Input that is not the gateway's is counted by kind and skipped (the
+	// follower's Stats): a NOTIFY that is no doorbell, a log row with a bad
+	// type (rung by the notification of the next real commit).
+	db.exec(t, `SELECT pg_notify('rtgw', 'not a number')`)
+	db.exec(t, badLogRow("public.facts", "I", "bad type", `{"id": 1}`))
+	db.insertFact(t, 7, "2026-01-10")
+	if f := ws.next(t, 10*time.Second); f.Type != "budget_fact_created" {
+		t.Fatalf("after the bad input: %s, want budget_fact_created", f.Type)
+	}
+	waitMetrics(t, url, metric("rtgw_bad_notifications_total", 1, "kind", "malformed"),
+		metric("rtgw_bad_log_rows_total", 1, "kind", "type"), metric("rtgw_events_received_total", 27))
+
 	// The LISTEN backend is terminated: the follower reconnects.
 	pid := faultListenPID(t, db, nil)
 	db.exec(t, `SELECT pg_terminate_backend($1)`, pid)
 	waitMetrics(t, url, metric("rtgw_listen_reconnects_total", 1), metric("rtgw_listen_up", 1))
 
 	// Disconnects: clients that go away, the /ws/disconnect route, a
-	// message over the size limit.
+	// message over the size limit, messages over the rate limit.
 	fromMemory.conn.Close()
 	bad.conn.Close()
 	sse.resp.Body.Close()
@@ -219,7 +231,14 @@ func TestMetricsFollowTheGateway(t *testing.T) {
 	if err := fromLog.conn.WriteMessage(websocket.TextMessage, []byte(strings.Repeat("x", 8192))); err != nil {
 		t.Fatalf("write a big message: %v", err)
 	}
+	flood := dialWS(t, g, "") // faster than GATEWAY_MESSAGE_RATE allows after its burst of 20
+	for range 60 {
+		if flood.conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"junk"}`)) != nil {
+			break
+		}
+	}
 	waitMetrics(t, url,
+		metric("rtgw_disconnects_total", 1, "transport", "ws", "reason", "policy"),
 		metric("rtgw_disconnects_total", 2, "transport", "ws", "reason", "client_gone"),
 		metric("rtgw_disconnects_total", 1, "transport", "ws", "reason", "disconnect_route"),
 		metric("rtgw_disconnects_total", 1, "transport", "ws", "reason", "too_big"),

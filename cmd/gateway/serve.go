@@ -122,9 +122,10 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 		Sources: gateway.Sources{
 			Follower: follower.Status,
 			Backlog:  store.Backlog,
-			// HOOK(bad-input): once notify.Follower has Stats (bad notifications
-			// and bad log rows by kind), expose them with
-			//   BadInput: func() (n, r map[string]uint64) { s := follower.Stats(); return s.BadNotifications, s.BadRows },
+			BadInput: func() (notes, rows map[string]uint64) {
+				st := follower.Stats()
+				return st.BadNotifications, st.BadRows
+			},
 		},
 	})
 	follower.Publish = srv.Hub().Publish
