@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/netip"
 	"net/url"
 	"regexp"
@@ -60,6 +61,8 @@ type Config struct {
 	WriteTimeout    time.Duration `env:"GATEWAY_WRITE_TIMEOUT" envDefault:"10s" help:"Deadline for one write to a client socket."`
 	Heartbeat       time.Duration `env:"GATEWAY_SSE_HEARTBEAT" envDefault:"15s" help:"Interval of SSE heartbeat comments when no event is sent."`
 	Shutdown        time.Duration `env:"GATEWAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"How long SIGTERM waits for connections to close before exiting anyway."`
+	OpsToken        string        `env:"GATEWAY_OPS_TOKEN" help:"Token for the operations page /ops (open /ops?token=..., or send it as a Bearer token). Empty: /ops takes the app's access token when GATEWAY_JWT_SECRET is set, and is open without authentication. See \"Operations page\"." secret:"true"`
+	MetricsAddr     string        `env:"GATEWAY_METRICS_ADDR" help:"Where Prometheus metrics are served: empty for /metrics on GATEWAY_ADDR, host:port for /metrics on a listener of their own (and not on GATEWAY_ADDR), off for nowhere. /metrics has no authentication. See \"Metrics\"."`
 	LogLevel        slog.Level    `env:"GATEWAY_LOG_LEVEL" envDefault:"info" help:"Log level: debug, info, warn or error."`
 	LogFormat       string        `env:"GATEWAY_LOG_FORMAT" envDefault:"auto" help:"Log format: json, text, or auto (text on a terminal, JSON otherwise)."`
 }
@@ -142,6 +145,11 @@ func (c Config) validate() error {
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", name, d))
+		}
+	}
+	if c.MetricsAddr != "" && c.MetricsAddr != "off" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("GATEWAY_METRICS_ADDR must be empty, off, or host:port such as 127.0.0.1:9090, got %q", c.MetricsAddr))
 		}
 	}
 	switch c.LogFormat {

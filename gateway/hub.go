@@ -134,6 +134,7 @@ type Hub struct {
 	rules   []Rule
 	kicks   sync.WaitGroup
 	changed chan struct{} // closed and replaced by each Publish, for long-polls
+	metrics *metrics      // nil in tests of the hub alone
 }
 
 // NewHub returns a hub keeping window events in memory and enforcing the
@@ -183,6 +184,7 @@ func (h *Hub) Head() (notify.Position, error) {
 // client: one with a full queue is left to pull from the window, and one
 // that fell out of the window is disconnected as slow.
 func (h *Hub) Publish(evs []notify.Event) {
+	h.metrics.receivedN(len(evs))
 	var slow []*client
 	h.mu.Lock()
 	for _, ev := range evs {
@@ -451,6 +453,7 @@ func (h *Hub) Attach(ctx context.Context, c *client, last string, from notify.Po
 			}
 		}
 		if reason != "" {
+			h.metrics.reset(reason)
 			if err := out.reset(reason, head); err != nil {
 				h.Detach(c)
 				return err
@@ -465,6 +468,7 @@ func (h *Hub) Attach(ctx context.Context, c *client, last string, from notify.Po
 				}
 			}
 		}
+		h.metrics.resumed(!trusted, fromDB)
 		return nil
 	}
 }

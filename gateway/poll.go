@@ -35,6 +35,7 @@ type pollTransport struct {
 	polls        slots // in progress, at most GATEWAY_MAX_POLLERS
 	addrs        *addrSlots
 	clients      clientAddrs
+	metrics      *metrics
 }
 
 // pollLimit caps one answer (at a transaction boundary: see Hub.since); the
@@ -87,6 +88,7 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			t.log.Debug("poll answer", "err", err)
 		}
 	}
+	defer t.metrics.opened(transportPoll, nil)()
 
 	deadline := time.NewTimer(time.Duration(timeout) * time.Second)
 	defer deadline.Stop()
@@ -99,6 +101,7 @@ func (t *pollTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if len(evs) > 0 || timeout == 0 {
 			answer(evs, serverTime)
+			t.metrics.deliveredAll(transportPoll, evs)
 			return
 		}
 		select {

@@ -40,6 +40,10 @@ type Options struct {
 	IdleTimeout      time.Duration  // keep-alive connections between requests
 	MaxHeaderBytes   int            // request line and headers
 	SendBuffer       int            // SO_SNDBUF of client sockets; 0: the OS's
+
+	OpsToken     string  // token for /ops; empty: the app's access token, or open without auth
+	MetricsRoute bool    // serve /metrics on Handler (else the caller serves MetricsHandler elsewhere, or not at all)
+	Sources      Sources // what metrics and /ops read from the LISTEN side
 }
 
 // Server owns the hub and the HTTP routes.
@@ -52,6 +56,9 @@ type Server struct {
 	done  chan struct{}
 	ready func() error
 	log   *slog.Logger
+
+	metrics *metrics // see metrics.go
+	ops     *opsState
 }
 
 // New builds a server. ready reports why the event source is not ready (nil
@@ -73,6 +80,9 @@ func New(logger *slog.Logger, logs Log, ready func() error, opt Options) *Server
 	s.poll = &pollTransport{hub: hub, auth: opt.Auth, log: logger, done: s.done, writeTimeout: opt.WriteTimeout,
 		polls: slots{max: int64(opt.MaxPollers)}, addrs: addrs, clients: clients}
 	s.ws.bodyTimeout = opt.HeaderTimeout
+	s.metrics = newMetrics(s, opt.Sources)
+	hub.metrics, s.ws.metrics, s.sse.metrics, s.poll.metrics = s.metrics, s.metrics, s.metrics, s.metrics
+	s.ops = newOpsState()
 	return s
 }
 
@@ -102,6 +112,7 @@ func (s *Server) HTTPServer() *http.Server {
 
 // Run runs the server's timers (the WebSocket ping) until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
+	go s.sampleOps(ctx) // the ops page's history; see ops.go
 	if s.opt.PingInterval > 0 {
 		s.ws.pinger(ctx, s.opt.PingInterval)
 	}
@@ -128,6 +139,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	s.opsRoutes(mux) // /ops, /ops/stats, /ops/events and /metrics; see ops.go
 	return mux
 }
 
@@ -148,6 +160,7 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 // refuses new ones. Call it before http.Server.Shutdown, which does not wait
 // for hijacked connections and would wait forever for open streams.
 func (s *Server) Close(ctx context.Context) {
+	s.metrics.closing.Store(true)
 	close(s.done)
 	s.hub.Close(ctx)
 	_ = s.ws.m.CloseWithMsg(closeMessage(CloseGoingAway, ReasonShutdown)) // sessions not yet attached

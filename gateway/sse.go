@@ -27,6 +27,7 @@ type sseTransport struct {
 	clients      clientAddrs
 	maxTypes     int // names in ?types=
 	maxTypesLen  int // bytes of ?types=
+	metrics      *metrics
 }
 
 func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -88,6 +89,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer t.hub.Detach(c)
+	defer t.metrics.opened(transportSSE, &sk.metricsTag)()
 	if out.flush() != nil {
 		return
 	}
@@ -115,6 +117,7 @@ func (t *sseTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				if out.write(e.sse) != nil {
 					return
 				}
+				t.metrics.delivered1(transportSSE, e.Time)
 				refill = c.sent() || refill
 				select {
 				case e = <-sk.q:
@@ -160,9 +163,10 @@ type sseSink struct {
 	gone chan struct{}
 	once sync.Once
 
-	mu     sync.Mutex
-	code   int // why the hub closed it, for the final comment
-	reason string
+	mu         sync.Mutex
+	code       int // why the hub closed it, for the final comment
+	reason     string
+	metricsTag closeTag // metrics: why it ended
 }
 
 func (k *sseSink) send(e *entry) bool {
@@ -181,6 +185,7 @@ func (k *sseSink) close(code int, reason string) {
 	k.once.Do(func() {
 		k.mu.Lock()
 		k.code, k.reason = code, reason
+		k.metricsTag.code(code)
 		k.mu.Unlock()
 		close(k.gone)
 	})

@@ -53,6 +53,7 @@ type wsTransport struct {
 	msgRate      rate.Limit
 	msgBurst     int
 	bodyTimeout  time.Duration // to read the body of /ws/disconnect
+	metrics      *metrics
 }
 
 // controlMargin is room in a session's queue beyond the events' credit, for
@@ -211,6 +212,7 @@ func (t *wsTransport) disconnect(s *melody.Session) {
 	if c := connOf(s); c != nil {
 		if c.client != nil {
 			t.hub.Detach(c.client)
+			t.metrics.disconnected(transportWS, c.client.sink.(*wsSink).why.get())
 		}
 		t.release(c)
 	}
@@ -218,13 +220,17 @@ func (t *wsTransport) disconnect(s *melody.Session) {
 
 // sent runs on the session's writer after each text frame: the credit
 // comes back, and a lagging client pulls its next events from the window.
-func (t *wsTransport) sent(s *melody.Session, _ []byte) {
+func (t *wsTransport) sent(s *melody.Session, msg []byte) {
+	t.metrics.sentWS(msg)
 	if c := connOf(s); c != nil && c.client.sent() {
 		t.hub.refill(c.client)
 	}
 }
 
 func (t *wsTransport) error(s *melody.Session, err error) {
+	if c := connOf(s); errors.Is(err, websocket.ErrReadLimit) && c != nil && c.client != nil {
+		c.client.sink.(*wsSink).why.set(whyTooBig) // metrics: melody closes it with 1009
+	}
 	if errors.Is(err, melody.ErrMessageBufferFull) {
 		// melody drops the message and goes on; we must not, or the client
 		// would see a gap. Mark the sink so the hub disconnects it.
@@ -249,6 +255,7 @@ type wsSink struct {
 	s       *melody.Session
 	timeout time.Duration // the write timeout: how long close may wait for the writer
 	full    atomic.Bool   // set (synchronously, by melody's error hook) when a Write was dropped
+	why     closeTag      // metrics: why it ended
 }
 
 func (k *wsSink) send(e *entry) bool {
@@ -268,6 +275,7 @@ func (k *wsSink) send(e *entry) bool {
 // frame short and the client would see an abnormal closure, not 4008. At
 // shutdown a stalled client gets a second, so it cannot hold up the exit.
 func (k *wsSink) close(code int, reason string) {
+	k.why.code(code)
 	wait := time.Second
 	if code == CloseSlow {
 		wait = k.timeout

@@ -75,6 +75,9 @@ const closeGrace = 2 * time.Second
 // connection and the client could lose the close frame. Call it on the
 // session's read loop only.
 func (t *wsTransport) closeFromReader(c *wsConn, code int, reason string) {
+	if c.client != nil {
+		c.client.sink.(*wsSink).why.code(code) // metrics: why it ended
+	}
 	conn := c.s.WebsocketConnection()
 	conn.SetPongHandler(nil) // melody's would move the deadline on
 	_ = conn.SetReadDeadline(time.Now().Add(closeGrace))

@@ -99,6 +99,7 @@ type Status struct {
 	CaughtUp  bool     // a read finished after the latest (re)connect, and none failed since
 	Cursor    Position // the last position published
 	Err       error    // why it is not ready, when it is not
+	Listens   uint64   // successful LISTENs since Run began: reconnects are Listens-1
 }
 
 // Ready reports whether the follower is listening and caught up.
@@ -108,7 +109,7 @@ func (s Status) Ready() bool { return s.Listening && s.CaughtUp }
 func (f *Follower) Status() Status {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	st := Status{Listening: f.listening, Cursor: f.cursor, Err: f.readErr}
+	st := Status{Listening: f.listening, Cursor: f.cursor, Err: f.readErr, Listens: f.listenGen}
 	st.CaughtUp = f.readErr == nil && f.listenGen > 0 && f.readGen == f.listenGen
 	if st.Err == nil && !st.Listening {
 		st.Err = fmt.Errorf("LISTEN connection is down")

@@ -117,6 +117,16 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 		IdleTimeout:      cfg.IdleTimeout,
 		MaxHeaderBytes:   cfg.MaxHeaderBytes,
 		SendBuffer:       cfg.SendBuffer,
+		OpsToken:         cfg.OpsToken,
+		MetricsRoute:     cfg.MetricsAddr == "",
+		Sources: gateway.Sources{
+			Follower: follower.Status,
+			Backlog:  store.Backlog,
+			BadInput: func() (notes, rows map[string]uint64) {
+				st := follower.Stats()
+				return st.BadNotifications, st.BadRows
+			},
+		},
 	})
 	follower.Publish = srv.Hub().Publish
 	follower.Trim = srv.Hub().Trim
@@ -139,6 +149,9 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 		return follower.Run(gctx)
 	})
 	g.Go(func() error { return srv.Run(gctx) })
+	if cfg.MetricsAddr != "" && cfg.MetricsAddr != "off" {
+		g.Go(func() error { return serveMetrics(gctx, logger, cfg.MetricsAddr, srv.MetricsHandler()) })
+	}
 	if cfg.PruneInterval > 0 {
 		pruner := &notify.Pruner{Pool: pool, Logger: logger, Interval: cfg.PruneInterval,
 			MaxAge: cfg.Retention, MaxEvents: cfg.RetentionEvents, Pruned: srv.Hub().Trim}
@@ -203,4 +216,25 @@ func load(ctx context.Context, logger *slog.Logger, store *notify.Store, hub *ga
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
+}
+
+// serveMetrics serves /metrics on a listener of its own (GATEWAY_METRICS_ADDR)
+// until ctx ends.
+func serveMetrics(ctx context.Context, logger *slog.Logger, addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	logger.Info("serving metrics", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve metrics: %w", err)
+	}
+	return nil
 }
