@@ -34,6 +34,7 @@ type transport interface {
 // after a jittered backoff, as the app's client does.
 type client struct {
 	tally
+	index   int // in the order of -ws then -sse: what reports name
 	tr      transport
 	clock   clock
 	scan    *scanner

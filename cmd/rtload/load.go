@@ -15,6 +15,7 @@ import (
 
 // run phases, for the report.
 type phases struct {
+	pid                                int
 	before, connected, writeStart, end procSample
 	procErr                            error
 	toolStart, toolEnd                 time.Duration
@@ -165,6 +166,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 		}
 		ph.end, ph.procErr = sampleProc(pid)
 	}
+	ph.pid = pid
 	stopClients()
 	following.Wait()
 
@@ -211,7 +213,10 @@ func newClients(o options, clk clock, sc *scanner, prog *progress) ([]*client, e
 			t.token = token
 			tr = &t
 		}
-		out = append(out, &client{tr: tr, clock: clk, scan: sc, prog: prog, backoff: o.backoff})
+		if o.wrap != nil {
+			tr = o.wrap(i, tr)
+		}
+		out = append(out, &client{index: i, tr: tr, clock: clk, scan: sc, prog: prog, backoff: o.backoff})
 	}
 	return out, nil
 }

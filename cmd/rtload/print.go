@@ -23,7 +23,8 @@ func (r *report) print(w io.Writer) {
 	p("deliveries   %d of %d expected: lost %d (%d clients), duplicated %d (%d clients); per client %d..%d",
 		r.Delivered, r.Expected, r.Lost, r.ClientsLost, r.Duplicated, r.ClientsDup, r.PerClientMin, r.PerClientMax)
 	for _, c := range r.Worst {
-		p("             client %d: delivered %d, lost %d, duplicated %d", c.Client, c.Delivered, c.Lost, c.Dup)
+		p("             client %d: delivered %d, lost %d (rows %v...), duplicated %d", c.Client, c.Delivered, c.Lost,
+			c.FirstLost, c.Dup)
 	}
 	p("rate         %.0f deliveries/s", r.PerSecond)
 	p("latency      commit to receipt %s", q(r.Latency))

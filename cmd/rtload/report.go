@@ -58,10 +58,11 @@ type report struct {
 
 // worst is a client that lost or repeated rows.
 type worst struct {
-	Client    int   `json:"client"`
+	Client    int   `json:"client"` // index: WebSocket clients first, then SSE
 	Delivered int64 `json:"delivered"`
 	Lost      int64 `json:"lost"`
 	Dup       int64 `json:"duplicated"`
+	FirstLost []int `json:"first_lost_rows,omitempty"` // the writer's row indexes
 }
 
 // storm is the reconnect storm: how long the clients cut by a restart took
@@ -85,17 +86,21 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 	var lat, conn, down hist
 	var caught int32
 	var firstDown int32
-	for i, c := range cs {
+	for _, c := range cs {
 		conn.add(int64(c.connectTime - 1))
 		r.Resets += c.resets
 		r.Reconnects += c.reconnects
 		var lost, got int64
+		var firstLost []int
 		for n, ok := range committed {
 			if !ok {
 				continue
 			}
 			if n >= len(c.got) || c.got[n] == 0 {
 				lost++
+				if len(firstLost) < 5 {
+					firstLost = append(firstLost, n)
+				}
 				continue
 			}
 			got++
@@ -115,7 +120,7 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 			r.ClientsDup++
 		}
 		if (lost > 0 || c.dups > 0) && len(r.Worst) < 20 {
-			r.Worst = append(r.Worst, worst{Client: i, Delivered: c.received, Lost: lost, Dup: c.dups})
+			r.Worst = append(r.Worst, worst{Client: c.index, Delivered: c.received, Lost: lost, Dup: c.dups, FirstLost: firstLost})
 		}
 		if r.PerClientMin < 0 || c.received < r.PerClientMin {
 			r.PerClientMin = c.received
@@ -150,6 +155,7 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 	case ph.procErr != nil:
 		r.GatewayNote = ph.procErr.Error()
 	default:
+		r.GatewayPID = ph.pid
 		r.RSSBefore, r.RSSConnected, r.RSSEnd = ph.before.rss, ph.connected.rss, ph.end.rss
 		r.KiBPerConn = float64(ph.connected.rss-ph.before.rss) / float64(len(cs))
 		if ph.end.start != ph.writeStart.start {

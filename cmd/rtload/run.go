@@ -41,6 +41,10 @@ type options struct {
 	backoff         time.Duration
 	json            bool
 	cpuProfile      string
+
+	// wrap, when set, wraps client i's transport: tests use it to make a
+	// client misbehave against the real gateway.
+	wrap func(i int, tr transport) transport
 }
 
 func parseFlags(args, environ []string, stderr io.Writer) (options, error) {
