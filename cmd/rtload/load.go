@@ -22,6 +22,7 @@ type phases struct {
 	writeStartAt, endAt                time.Time
 	restartAt                          int32 // clock time the restart command started, 0: none
 	restartErr                         error
+	loadStart, loadEnd                 string
 }
 
 // load connects the clients, runs the writer, waits for the deliveries
@@ -113,6 +114,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 	w := &writer{pool: pool, logger: logger, marker: marker, rate: o.rate, batch: o.rowsPerCommit,
 		conns: o.writers, clock: clk}
 	ph.writeStartAt = time.Now()
+	ph.loadStart = loadAvg()
 	ph.toolStart = selfCPU()
 	if ph.procErr == nil {
 		ph.writeStart, ph.procErr = sampleProc(pid)
@@ -159,6 +161,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 		time.Sleep(10 * time.Millisecond)
 	}
 	ph.endAt = time.Now()
+	ph.loadEnd = loadAvg()
 	ph.toolEnd = selfCPU()
 	if ph.procErr == nil {
 		if pid2, err := gatewayPID(o); o.pid == 0 && err == nil && pid2 != pid {

@@ -15,6 +15,7 @@ func (r *report) print(w io.Writer) {
 	}
 	p("rtload: %d WebSocket + %d SSE clients over %d source addresses, %s; %.0f rows/s (%d per commit) for %.0fs",
 		r.WS, r.SSE, r.Sources, frames, r.Rate, r.RowsPerCommit, r.Duration)
+	p("machine      %d CPUs, load average %s (one minute, at the first commit and at the end)", r.CPUs, r.LoadAvg)
 	p("")
 	p("connect      %d connected, %d refused, %d failed, all in %.2fs; each %s", r.Connected, r.Refused,
 		r.ConnectFailed, r.ConnectWall, q(r.ConnectLatency))

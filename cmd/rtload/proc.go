@@ -100,3 +100,17 @@ func pidByPort(port int) (int, error) {
 	}
 	return 0, fmt.Errorf("find the gateway's process: port %d is not held by a process this user may inspect (pass -pid)", port)
 }
+
+// loadAvg is the machine's one-minute load average ("" when unknown): a
+// run on a busy machine measures the machine as much as the gateway.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"time"
 )
 
@@ -15,6 +16,8 @@ type report struct {
 	Rate          float64 `json:"rate_rows_per_s"`
 	RowsPerCommit int     `json:"rows_per_commit"`
 	Duration      float64 `json:"duration_s"`
+	CPUs          int     `json:"cpus"`
+	LoadAvg       string  `json:"load_average"` // one-minute, at the first commit and at the end
 
 	Connected      int       `json:"connected"`
 	Refused        int64     `json:"refused"`
@@ -79,7 +82,8 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 	r := &report{Gateway: o.url, WS: o.ws, SSE: o.sse, Batch: o.batch, Sources: o.sources, Rate: o.rate,
 		RowsPerCommit: o.rowsPerCommit, Duration: o.duration.Seconds(), Connected: len(cs), Refused: refused,
 		ConnectFailed: failed, ConnectWall: connectWall.Seconds(), Commits: w.commits.Load(),
-		CommitFailures: w.failed.Load(), Committed: rows, Expected: rows * int64(len(cs)), PerClientMin: -1}
+		CommitFailures: w.failed.Load(), Committed: rows, Expected: rows * int64(len(cs)), PerClientMin: -1,
+		CPUs: runtime.NumCPU(), LoadAvg: ph.loadStart + " -> " + ph.loadEnd}
 	if d := w.ended.Sub(w.started).Seconds(); d > 0 {
 		r.WriteRate = float64(rows) / d
 	}
