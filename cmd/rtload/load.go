@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -86,7 +87,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 					failed.Add(1)
 				}
 				mu.Lock()
-				firstErr = cmp(firstErr, err)
+				firstErr = cmp.Or(firstErr, err)
 				mu.Unlock()
 				return
 			}
@@ -174,13 +175,6 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 	following.Wait()
 
 	return newReport(o, ph, w, committed, rows, connected, len(clients), refused.Load(), failed.Load(), connectWall, clk), nil
-}
-
-func cmp(first, err error) error {
-	if first != nil {
-		return first
-	}
-	return err
 }
 
 // newClients builds the clients, spread round-robin over the sources.

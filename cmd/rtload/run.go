@@ -58,7 +58,7 @@ func parseFlags(args, environ []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.rate, "rate", 100, "rows committed per second")
 	fs.IntVar(&o.rowsPerCommit, "rows-per-commit", 1, "rows inserted by each commit (one statement)")
 	fs.IntVar(&o.writers, "writers", 2, "database connections committing in parallel")
-	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long the writer commits (at most 30m)")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long the writer commits (at most 25m)")
 	fs.DurationVar(&o.grace, "grace", 5*time.Second, "how long after the last commit clients may take to receive everything; what is missing then is lost")
 	fs.IntVar(&o.sources, "sources", -1, "loopback source addresses 127.0.0.2.. to spread clients over (-1: one per 40 clients when the gateway is on loopback; 0: none)")
 	fs.BoolVar(&o.batch, "batch", false, "ask for batched frames (?batch=1: one frame may hold an array of events)")
@@ -83,8 +83,9 @@ func parseFlags(args, environ []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-ws and -sse: at least one client")
 	case !(o.rate > 0) || o.rowsPerCommit < 1 || o.writers < 1 || o.parallel < 1:
 		return o, errors.New("-rate, -rows-per-commit, -writers and -connect-parallel must be positive")
-	case o.duration <= 0 || o.duration > 30*time.Minute:
-		return o, errors.New("-duration must be between 0 and 30m")
+	case o.duration <= 0 || o.duration > 25*time.Minute || o.grace < 0 || o.grace > 5*time.Minute:
+		// The clock counts microseconds in an int32: 35 minutes in all.
+		return o, errors.New("-duration must be between 0 and 25m, -grace between 0 and 5m")
 	}
 	if o.restartAt == 0 {
 		o.restartAt = o.duration / 2
