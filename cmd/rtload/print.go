@@ -28,6 +28,9 @@ func (r *report) print(w io.Writer) {
 			c.FirstLost, c.Dup)
 	}
 	p("rate         %.0f deliveries/s", r.PerSecond)
+	if r.GatewayWrote >= 0 {
+		p("             the gateway counted %.0f deliveries written (rtgw_events_delivered_total, live events of every writer)", r.GatewayWrote)
+	}
 	p("latency      commit to receipt %s", q(r.Latency))
 	p("reconnects   %d (resets %d)", r.Reconnects, r.Resets)
 	if s := r.Storm; s != nil {

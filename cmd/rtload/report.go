@@ -55,6 +55,7 @@ type report struct {
 	RSSEnd           int64   `json:"gateway_rss_kib_end"`
 	KiBPerConn       float64 `json:"gateway_kib_per_connection"`
 	GatewayNote      string  `json:"gateway_note,omitempty"`
+	GatewayWrote     float64 `json:"gateway_delivered_metric"` // its rtgw_events_delivered_total over the run (-1: unknown)
 	ToolCPU          float64 `json:"tool_cpu_s"`
 	ToolCPUPerDel    float64 `json:"tool_cpu_us_per_delivery"`
 }
@@ -151,6 +152,10 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 			CaughtUp: float64(caught-from) / 1e6}
 	}
 
+	r.GatewayWrote = -1
+	if ph.wroteStart >= 0 && ph.wroteEnd >= ph.wroteStart {
+		r.GatewayWrote = ph.wroteEnd - ph.wroteStart
+	}
 	r.ToolCPU = (ph.toolEnd - ph.toolStart).Seconds()
 	if r.Delivered > 0 {
 		r.ToolCPUPerDel = r.ToolCPU * 1e6 / float64(r.Delivered)

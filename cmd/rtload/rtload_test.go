@@ -45,6 +45,9 @@ func TestLoadToolCountsEveryDelivery(t *testing.T) {
 	if r.PerClientMin != r.Committed || r.PerClientMax != r.Committed {
 		t.Errorf("per client %d..%d, want %d each", r.PerClientMin, r.PerClientMax, r.Committed)
 	}
+	if r.GatewayWrote != float64(r.Delivered) {
+		t.Errorf("the gateway's metrics count %v deliveries, the clients %d", r.GatewayWrote, r.Delivered)
+	}
 	if r.Reconnects != 0 || r.Resets != 0 || r.Storm != nil {
 		t.Errorf("reconnects %d, resets %d, storm %v: want none", r.Reconnects, r.Resets, r.Storm)
 	}

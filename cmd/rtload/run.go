@@ -41,6 +41,7 @@ type options struct {
 	backoff         time.Duration
 	json            bool
 	cpuProfile      string
+	metricsURL      string
 
 	// wrap, when set, wraps client i's transport: tests use it to make a
 	// client misbehave against the real gateway.
@@ -70,6 +71,7 @@ func parseFlags(args, environ []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.parallel, "connect-parallel", 100, "connections opened at once while the clients connect")
 	fs.DurationVar(&o.backoff, "backoff-max", time.Second, "longest wait between two reconnect attempts (full jitter)")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON")
+	fs.StringVar(&o.metricsURL, "metrics-url", "", "the gateway's Prometheus metrics, for its own count of deliveries (default: /metrics on -url)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile to this file (is the tool the bottleneck?)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
