@@ -37,6 +37,9 @@ func (r *report) print(w io.Writer) {
 		p("storm        %d clients back, cut to reconnected %s; all caught up %.2fs after the %s", s.Reconnected,
 			q(s.Downtime), s.CaughtUp, s.From)
 	}
+	if r.RestartError != "" {
+		p("restart      the command failed: %s", r.RestartError)
+	}
 	if r.GatewayNote != "" {
 		p("gateway      %s", r.GatewayNote)
 	}

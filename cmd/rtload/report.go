@@ -45,7 +45,8 @@ type report struct {
 	Latency       quantiles `json:"latency"`
 	LatencyUnknow int64     `json:"latency_unknown"`
 
-	Storm *storm `json:"storm,omitempty"`
+	Storm        *storm `json:"storm,omitempty"`
+	RestartError string `json:"restart_error,omitempty"` // -restart-cmd failed
 
 	GatewayPID       int     `json:"gateway_pid,omitempty"`
 	GatewayCPU       float64 `json:"gateway_cpu_s"`
@@ -152,6 +153,9 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 			CaughtUp: float64(caught-from) / 1e6}
 	}
 
+	if ph.restartErr != nil {
+		r.RestartError = ph.restartErr.Error()
+	}
 	r.GatewayWrote = -1
 	if ph.wroteStart >= 0 && ph.wroteEnd >= ph.wroteStart {
 		r.GatewayWrote = ph.wroteEnd - ph.wroteStart
@@ -194,6 +198,9 @@ func (c *client) caughtUp(committed []bool, commitAt []int32) int32 {
 // verdict fails the run when a client lost or repeated a row, or could
 // not connect: the exit status tells scripts.
 func (r *report) verdict() error {
+	if r.RestartError != "" {
+		return fmt.Errorf("the restart command failed: %s", r.RestartError)
+	}
 	if r.Lost > 0 || r.Duplicated > 0 || r.Refused > 0 || r.ConnectFailed > 0 {
 		return fmt.Errorf("%d lost, %d duplicated, %d refused, %d failed to connect", r.Lost, r.Duplicated, r.Refused, r.ConnectFailed)
 	}
