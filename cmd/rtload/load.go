@@ -104,7 +104,11 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 		return nil, ctx.Err()
 	}
 	if len(connected) == 0 {
-		return nil, fmt.Errorf("no client could connect: %w", firstErr)
+		hint := ""
+		if errors.Is(firstErr, errRefused) {
+			hint = refusedHint
+		}
+		return nil, fmt.Errorf("no client could connect: %w%s", firstErr, hint)
 	}
 	if firstErr != nil {
 		logger.Warn("some clients could not connect", "refused", refused.Load(), "failed", failed.Load(), "first_err", firstErr)

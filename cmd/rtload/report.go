@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"time"
 )
 
@@ -89,6 +90,10 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 	if d := w.ended.Sub(w.started).Seconds(); d > 0 {
 		r.WriteRate = float64(rows) / d
 	}
+	// Clients in their -ws/-sse order, not the order they connected in, so
+	// that reports name the same clients first from run to run.
+	cs = slices.Clone(cs)
+	slices.SortFunc(cs, func(a, b *client) int { return a.index - b.index })
 	var lat, conn, down hist
 	var caught int32
 	var firstDown int32
@@ -195,14 +200,22 @@ func (c *client) caughtUp(committed []bool, commitAt []int32) int32 {
 	return t
 }
 
+// refusedHint says how to start a gateway that lets the load in.
+const refusedHint = " (refusals: start the gateway with GATEWAY_MAX_CONNECTIONS, GATEWAY_MAX_CONNECTIONS_PER_USER, " +
+	"GATEWAY_MAX_CONNECTIONS_PER_ADDRESS and GATEWAY_MAX_SSE_CLIENTS above the number of clients, or spread them with -sources)"
+
 // verdict fails the run when a client lost or repeated a row, or could
 // not connect: the exit status tells scripts.
 func (r *report) verdict() error {
 	if r.RestartError != "" {
 		return fmt.Errorf("the restart command failed: %s", r.RestartError)
 	}
+	hint := ""
+	if r.Refused > 0 {
+		hint = refusedHint
+	}
 	if r.Lost > 0 || r.Duplicated > 0 || r.Refused > 0 || r.ConnectFailed > 0 {
-		return fmt.Errorf("%d lost, %d duplicated, %d refused, %d failed to connect", r.Lost, r.Duplicated, r.Refused, r.ConnectFailed)
+		return fmt.Errorf("%d lost, %d duplicated, %d refused, %d failed to connect%s", r.Lost, r.Duplicated, r.Refused, r.ConnectFailed, hint)
 	}
 	return nil
 }
