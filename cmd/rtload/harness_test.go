@@ -18,7 +18,13 @@ import (
 	"github.com/budget-rt/gateway/notify/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if builtBin != "" {
+		_ = os.RemoveAll(filepath.Dir(builtBin)) // the gateway binary built for the tests
+	}
+	os.Exit(code)
+}
 
 var (
 	buildOnce sync.Once
