@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -63,9 +62,13 @@ const controlMargin = 8
 // one read; larger ones, up to GATEWAY_MAX_MESSAGE_BYTES, take several.
 const readBufferSize = 512
 
-// writeBufs are gorilla's write buffers, shared by every connection: a
-// connection holds one only while it writes a frame.
-var writeBufs sync.Pool
+// writeBufferSize is gorilla's write buffer, of each connection. A frame
+// is copied into it up to its size and the rest is written from the
+// frame's own bytes, so a small one costs little memory and no extra
+// system call (those are saved by corkConn). gorilla's pooled buffers
+// would cost an allocation per frame (it boxes each into an interface to
+// give it back).
+const writeBufferSize = 256
 
 func newWS(hub *Hub, logger *slog.Logger, opt Options, addrs *addrSlots) *wsTransport {
 	perUser := opt.MaxConnsPerUser
@@ -80,7 +83,7 @@ func newWS(hub *Hub, logger *slog.Logger, opt Options, addrs *addrSlots) *wsTran
 	}
 	t.up = websocket.Upgrader{
 		ReadBufferSize:  readBufferSize,
-		WriteBufferPool: &writeBufs,
+		WriteBufferSize: writeBufferSize,
 		// A page on another site must not read a user's events with their
 		// cookie-fetched token.
 		CheckOrigin: originChecker(opt.AllowedOrigins),
@@ -133,13 +136,14 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("forbidden: too many connections from this address (%d at most)", t.addrs.max), http.StatusForbidden)
 		return
 	}
-	ws, err := t.up.Upgrade(w, r, nil)
+	cw := &corkingWriter{ResponseWriter: w}
+	ws, err := t.up.Upgrade(cw, r, nil)
 	if err != nil {
 		t.release(c) // gorilla has answered with an HTTP error
 		t.log.Debug("websocket upgrade", "err", err)
 		return
 	}
-	c.ws = ws
+	c.ws, c.sock = ws, cw.conn
 	// The handler returns now, so that net/http lets go of the request and
 	// its per-connection buffers; the connection lives on in its reader.
 	// The attach has a context of its own: the request's ends with the
@@ -185,8 +189,11 @@ func (t *wsTransport) read(c *wsConn) {
 }
 
 // finish cleans up after the read loop: the socket, the hub, the limits.
+// A write still stuck in the socket is cut: the client is gone, or has
+// already been sent its close frame.
 func (t *wsTransport) finish(c *wsConn) {
 	c.stop()
+	_ = c.sock.SetWriteDeadline(time.Now())
 	_ = c.ws.Close()
 	c.mu.Lock()
 	c.q, c.spare = nil, nil
@@ -258,7 +265,12 @@ func (t *wsTransport) connect(ctx context.Context, c *wsConn) {
 	})
 	err := c.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))
 	if err == nil {
+		// The replay is gathered into large writes too.
+		c.sock.cork()
 		err = t.hub.Attach(ctx, c.client, c.last, c.from, c)
+		if ferr := c.sock.uncork(); err == nil {
+			err = ferr
+		}
 	}
 	if err != nil {
 		code := websocket.CloseInternalServerErr

@@ -27,6 +27,7 @@ type wsConn struct {
 	client *client
 	t      *wsTransport
 	ws     *websocket.Conn
+	sock   *corkConn       // ws's socket
 	last   string          // ?last_event_id=
 	from   notify.Position // the head before the upgrade
 	sub    *Subscription   // from the query: what it starts subscribed to
@@ -118,13 +119,21 @@ func (c *wsConn) drain() {
 		batch := c.q
 		c.q, c.spare = c.spare, nil
 		c.mu.Unlock()
-		if err := c.writeAll(batch); err != nil {
+		c.sock.cork()
+		err := c.writeAll(batch)
+		if ferr := c.sock.uncork(); err == nil {
+			err = ferr
+		}
+		if err != nil {
 			c.t.log.Debug("websocket write", "err", err, "conn", c.id)
 			c.mu.Lock()
 			c.closed = true
 			c.mu.Unlock()
 			_ = c.ws.Close()
 			return
+		}
+		for _, e := range batch {
+			c.wrote(e)
 		}
 		done = batch
 	}
@@ -139,7 +148,6 @@ func (c *wsConn) writeAll(batch []*entry) error {
 			if err := c.write(e.frame); err != nil {
 				return err
 			}
-			c.wrote(e)
 		}
 		return nil
 	}
@@ -153,9 +161,6 @@ func (c *wsConn) writeAll(batch []*entry) error {
 		}
 		if err := c.writeRun(batch[i:j], size); err != nil {
 			return err
-		}
-		for _, e := range batch[i:j] {
-			c.wrote(e)
 		}
 		i = j
 	}
@@ -191,9 +196,9 @@ func (c *wsConn) writeRun(run []*entry, size int) error {
 	return err
 }
 
-// wrote accounts for a frame written: it leaves the queue, an event is
-// counted, and its credit comes back (a lagging client then pulls the next
-// events from the window).
+// wrote accounts for a frame written (its batch is on the socket): it
+// leaves the queue, an event is counted, and its credit comes back (a
+// lagging client then pulls the next events from the window).
 func (c *wsConn) wrote(e *entry) {
 	c.pending.Add(-1)
 	c.t.metrics.sentWS(e.frame)
