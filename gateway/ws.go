@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -175,7 +176,13 @@ func (t *wsTransport) read(c *wsConn) {
 		typ, msg, err := ws.ReadMessage()
 		if err != nil {
 			if errors.Is(err, websocket.ErrReadLimit) {
-				c.why.set(whyTooBig) // metrics: gorilla closed it with 1009
+				c.why.set(whyTooBig) // metrics: gorilla sent it 1009
+				// The rest of the message is unread: closing now would
+				// reset the connection and the client could lose the close
+				// frame. Drop what comes until it answers (gorilla's client
+				// closes then), at most closeGrace, as closeFromReader does.
+				_ = c.sock.SetReadDeadline(time.Now().Add(closeGrace))
+				_, _ = io.Copy(io.Discard, c.sock)
 			}
 			return
 		}

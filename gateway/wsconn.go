@@ -239,7 +239,12 @@ func (c *wsConn) close(code int, reason string) {
 	if code == CloseSlow {
 		wait = c.t.writeTimeout
 	}
-	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(wait))
+	deadline := time.Now().Add(wait)
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline)
+	// The close frame may wait in the writer's gathered frames (corkConn),
+	// which Close flushes: a write still stuck gives up at the same
+	// deadline, so Close cannot wait longer.
+	_ = c.sock.SetWriteDeadline(deadline)
 	_ = c.ws.Close()
 }
 
