@@ -31,7 +31,8 @@ import (
 //	go test ./gateway -run '^$' -bench 'FanOut|IdleConn' -benchtime 2000x -count 3
 //	go test ./gateway -run '^$' -bench 'Encode|ReplayLookup' -count 3
 //
-// RTGW_BENCH_CONNS (comma-separated) changes the numbers of sockets.
+// RTGW_BENCH_CONNS (comma-separated) changes the numbers of sockets;
+// RTGW_BENCH_AHEAD and RTGW_BENCH_STRIDE the pace (see benchAhead).
 
 // benchEventData is a row of the example facts table, as the log carries it.
 var benchEventData = []byte(`{"id":7,"amount":1500,"fact_date":"2026-01-05","description":"bread","article_id":4,"record_type":"fact","tab_origin_id":null}`)
@@ -202,8 +203,18 @@ func BenchmarkFanOut(b *testing.B) {
 }
 
 // benchAhead bounds how far the publisher runs ahead of the slowest
-// socket, in events: under the send queue (256), so nobody lags.
-const benchAhead = 128
+// socket, in events: under the send queue (256), so nobody lags. With
+// RTGW_BENCH_AHEAD=1 and RTGW_BENCH_STRIDE=1 each event reaches every
+// socket before the next is published: one frame per write, the cost of a
+// quiet stream.
+var benchAhead = benchEnvInt("RTGW_BENCH_AHEAD", 128)
+
+func benchEnvInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
 
 func fanOut(b *testing.B, srv benchServer, child *benchClients, n int) {
 	total := (b.N + benchStride - 1) / benchStride * benchStride

@@ -29,8 +29,9 @@ import (
 // its stdin closes.
 const benchClientEnv = "RTGW_BENCH_CLIENT"
 
-// benchStride is the granularity of the clients' acknowledgements.
-const benchStride = 16
+// benchStride is the granularity of the clients' acknowledgements
+// (RTGW_BENCH_STRIDE; the child inherits it).
+var benchStride = benchEnvInt("RTGW_BENCH_STRIDE", 16)
 
 // benchClients is the parent's handle on the child.
 type benchClients struct {
