@@ -22,22 +22,22 @@ import (
 // wsTransport serves the WebSocket endpoint.
 //
 // The transport is our own, on gorilla/websocket (handshake, framing,
-// reading, close handling), rather than melody, which it used to be. melody
-// costs about 28 KiB per idle connection and about 10 microseconds of CPU
-// per delivery, where this gateway aims at 12 KiB and 6 (issue 6; the
-// figures are in the README's "Transport benchmarks"). Per connection,
-// melody keeps two goroutines (a reader and a writer that waits on its
-// queue even when there is nothing to write); runs its read loop inside
-// the HTTP handler, so net/http's per-connection buffers (8 KiB) and the
-// *http.Request stay alive as long as the socket; allocates a queue of
-// MessageBufferSize envelopes up front; and holds gorilla's default read
-// and write buffers (4 KiB each) for the socket's life. Here the handler
-// returns right after the upgrade (the read loop runs in a goroutine of its
-// own, so net/http frees its buffers and the request), gorilla gets small
-// read buffers and a pooled write buffer (held only while writing), and
-// the queue is a slice that a writer goroutine drains only while it holds
-// frames (see wsConn). The flow control is the hub's (credit, lagging
-// clients pulling from the window), as it was with melody.
+// reading, close handling), rather than melody, which it used to be:
+// melody costs 32-34 KiB of server memory per idle connection, and one
+// write(2) per frame, where this gateway aims at 12 KiB and at most 6
+// microseconds of CPU per delivery (issue 6; the measured figures are in
+// the README's "Transport benchmarks"). Per connection, melody keeps two
+// goroutines (a reader, and a writer that waits on its queue even when
+// there is nothing to write); runs its read loop inside the HTTP handler,
+// so net/http's per-connection buffers and the *http.Request stay alive as
+// long as the socket; allocates its queue of MessageBufferSize envelopes
+// up front; and keeps gorilla's default 4 KiB read and write buffers. Here
+// the handler returns right after the upgrade (the read loop runs in a
+// goroutine of its own, so net/http frees its buffers and the request),
+// gorilla gets small buffers, the queue is a slice that a writer goroutine
+// drains only while it holds frames, and that writer sends all it took in
+// one write(2) (see wsConn and corkConn). The flow control is the hub's
+// (credit, lagging clients pulling from the window), as it was with melody.
 type wsTransport struct {
 	hub          *Hub
 	auth         *Auth
