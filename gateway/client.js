@@ -249,6 +249,9 @@
       u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
       if (token) u.searchParams.set('token', token);
       if (this.lastEventId) u.searchParams.set('last_event_id', this.lastEventId);
+      // Events queued together on the gateway come as one frame holding an
+      // array of them (each frame is still handled below one by one).
+      u.searchParams.set('batch', '1');
       return new Promise((resolve) => {
         let opened = false;
         let ws;
@@ -268,20 +271,22 @@
           } catch (e) {
             return;
           }
-          switch (f.type) {
-            case 'connected':
-              opened = true;
-              this._opened('ws');
-              break;
-            case 'reset':
-              this._reset(f.data && f.data.reason, f.id);
-              break;
-            case 'ping':
-            case 'pong':
-            case 'online_status':
-              break;
-            default:
-              if (opened) this._deliver(f, 'ws');
+          for (const one of Array.isArray(f) ? f : [f]) {
+            switch (one.type) {
+              case 'connected':
+                opened = true;
+                this._opened('ws');
+                break;
+              case 'reset':
+                this._reset(one.data && one.data.reason, one.id);
+                break;
+              case 'ping':
+              case 'pong':
+              case 'online_status':
+                break;
+              default:
+                if (opened) this._deliver(one, 'ws');
+            }
           }
         };
         ws.onclose = () => {

@@ -259,8 +259,8 @@ func (m *metrics) deliveredAll(tr transport, evs []*entry) {
 	}
 }
 
-// sentWS counts a frame melody's writer wrote, when it is an event. The
-// sent hook is given only the bytes, so the commit time is read back from
+// sentWS counts a frame the WebSocket writer wrote, when it is an event. The
+// writer passes only the bytes, so the commit time is read back from
 // the frame: an event frame starts with its id and ends with its timestamp
 // in timeLayout (see newEntry); control frames start with their type.
 func (m *metrics) sentWS(msg []byte) {

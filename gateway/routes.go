@@ -163,7 +163,7 @@ func (s *Server) Close(ctx context.Context) {
 	s.metrics.closing.Store(true)
 	close(s.done)
 	s.hub.Close(ctx)
-	_ = s.ws.m.CloseWithMsg(closeMessage(CloseGoingAway, ReasonShutdown)) // sessions not yet attached
+	s.ws.closeAll() // connections not yet attached
 }
 
 // mint answers POST /ws/token as the backend does: a 5-minute WebSocket

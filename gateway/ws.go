@@ -4,89 +4,94 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
 	"golang.org/x/time/rate"
 
 	"github.com/budget-rt/gateway/notify"
 )
 
-// keyConn is the melody session key of the connection's *wsConn.
-const keyConn = "rtgw.conn"
-
-// wsConn is one WebSocket connection: who it is, and its hub client.
-type wsConn struct {
-	id     string // connection_id, for /ws/disconnect
-	user   User
-	client *client
-	s      *melody.Session
-	last   string          // ?last_event_id=
-	from   notify.Position // the head before the upgrade
-	sub    *Subscription   // from the query: what it starts subscribed to
-	nsub   int             // subscriptions it named, for ids of unnamed ones
-	addr   netip.Addr      // the client's address, for the per-address limit
-	rate   *rate.Limiter   // the client's messages
-	cut    atomic.Bool     // closed for breaking a limit: ignore what it sent after
-}
-
-// wsTransport serves the WebSocket endpoint with melody.
+// wsTransport serves the WebSocket endpoint.
+//
+// The transport is our own, on gorilla/websocket (handshake, framing,
+// reading, close handling), rather than melody, which it used to be:
+// melody costs 32-34 KiB of server memory per idle connection, and one
+// write(2) per frame, where this gateway aims at 12 KiB and at most 6
+// microseconds of CPU per delivery (issue 6; the measured figures are in
+// the README's "Transport benchmarks"). Per connection, melody keeps two
+// goroutines (a reader, and a writer that waits on its queue even when
+// there is nothing to write); runs its read loop inside the HTTP handler,
+// so net/http's per-connection buffers and the *http.Request stay alive as
+// long as the socket; allocates its queue of MessageBufferSize envelopes
+// up front; and keeps gorilla's default 4 KiB read and write buffers. Here
+// the handler returns right after the upgrade (the read loop runs in a
+// goroutine of its own, so net/http frees its buffers and the request),
+// gorilla gets small buffers, the queue is a slice that a writer goroutine
+// drains only while it holds frames, and that writer sends all it took in
+// one write(2) (see wsConn and corkConn). The flow control is the hub's
+// (credit, lagging clients pulling from the window), as it was with melody.
 type wsTransport struct {
 	hub          *Hub
 	auth         *Auth
 	log          *slog.Logger
-	m            *melody.Melody
+	up           websocket.Upgrader
 	conns        *registry
 	addrs        *addrSlots
 	clients      clientAddrs
 	writeTimeout time.Duration
 	queue        int32
+	maxMessage   int64
 	msgRate      rate.Limit
 	msgBurst     int
 	bodyTimeout  time.Duration // to read the body of /ws/disconnect
 	metrics      *metrics
 }
 
-// controlMargin is room in a session's queue beyond the events' credit, for
-// the transport's own frames (ping, pong, online_status).
+// controlMargin is room in a connection's queue beyond the events' credit,
+// for the transport's own frames (ping, pong, online_status).
 const controlMargin = 8
+
+// readBufferSize holds a client's small messages (pings, subscriptions) in
+// one read; larger ones, up to GATEWAY_MAX_MESSAGE_BYTES, take several.
+const readBufferSize = 512
+
+// writeBufferSize is gorilla's write buffer, of each connection. A frame
+// is copied into it up to its size and the rest is written from the
+// frame's own bytes, so a small one costs little memory and no extra
+// system call (those are saved by corkConn). gorilla's pooled buffers
+// would cost an allocation per frame (it boxes each into an interface to
+// give it back).
+const writeBufferSize = 256
 
 func newWS(hub *Hub, logger *slog.Logger, opt Options, addrs *addrSlots) *wsTransport {
 	perUser := opt.MaxConnsPerUser
 	if opt.Auth.Open() {
 		perUser = 0 // everyone is user 0: only the total limit means anything
 	}
-	t := &wsTransport{hub: hub, auth: opt.Auth, log: logger, m: melody.New(), writeTimeout: opt.WriteTimeout,
+	t := &wsTransport{hub: hub, auth: opt.Auth, log: logger, writeTimeout: opt.WriteTimeout,
 		conns: newRegistry(perUser, opt.MaxConns), addrs: addrs, clients: clientAddrs{trusted: opt.TrustedProxies},
-		queue: int32(opt.SendQueue), msgRate: rate.Inf, msgBurst: opt.MessageBurst}
+		queue: int32(opt.SendQueue), maxMessage: opt.MaxMessageBytes, msgRate: rate.Inf, msgBurst: opt.MessageBurst}
 	if opt.MessageRate > 0 {
 		t.msgRate = rate.Limit(opt.MessageRate)
 	}
-	// melody's upgrader accepts every origin; a page on another site must
-	// not read a user's events with their cookie-fetched token.
-	t.m.Upgrader.CheckOrigin = originChecker(opt.AllowedOrigins)
-	// Only bounds writing the 101 answer: the request's headers are bounded
-	// by the server's ReadHeaderTimeout.
-	t.m.Upgrader.HandshakeTimeout = opt.HandshakeTimeout
-	t.m.Config.MessageBufferSize = opt.SendQueue + controlMargin
-	t.m.Config.WriteWait = opt.WriteTimeout
-	// Over the limit, gorilla sends 1009 and stops reading the message.
-	t.m.Config.MaxMessageSize = opt.MaxMessageBytes
-	t.m.HandleConnect(t.connect)
-	t.m.HandleDisconnect(t.disconnect)
-	t.m.HandleError(t.error)
-	t.m.HandleSentMessage(t.sent)
-	t.m.HandleMessage(t.message)
-	t.m.HandleMessageBinary(t.binary)
+	t.up = websocket.Upgrader{
+		ReadBufferSize:  readBufferSize,
+		WriteBufferSize: writeBufferSize,
+		// A page on another site must not read a user's events with their
+		// cookie-fetched token.
+		CheckOrigin: originChecker(opt.AllowedOrigins),
+		// Only bounds writing the 101 answer: the request's headers are
+		// bounded by the server's ReadHeaderTimeout.
+		HandshakeTimeout: opt.HandshakeTimeout,
+	}
 	return t
 }
 
@@ -94,7 +99,7 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Refusals happen before the upgrade, as HTTP 403: the app's client then
 	// sees a failed connection and retries with a fresh token. Accepting and
 	// closing with 4001 would stop it for good.
-	if !t.m.Upgrader.CheckOrigin(r) {
+	if !t.up.CheckOrigin(r) {
 		t.log.Info("websocket refused", "reason", "origin not allowed", "origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
 		http.Error(w, "forbidden: origin not allowed", http.StatusForbidden)
 		return
@@ -118,8 +123,9 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	c := &wsConn{id: uuid.NewString(), user: user, last: r.URL.Query().Get("last_event_id"), from: from, sub: sub,
-		addr: t.clients.of(r), rate: rate.NewLimiter(t.msgRate, t.msgBurst)}
+	c := &wsConn{id: uuid.NewString(), user: user, t: t, last: r.URL.Query().Get("last_event_id"), from: from, sub: sub,
+		addr: t.clients.of(r), rate: rate.NewLimiter(t.msgRate, t.msgBurst), batch: r.URL.Query().Get("batch") == "1",
+		max: t.queue + controlMargin, writing: true} // the attach writes first; see connect
 	if err := t.conns.reserve(c); err != nil {
 		t.log.Info("websocket refused", "reason", err, "user", user.ID)
 		http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
@@ -131,9 +137,89 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("forbidden: too many connections from this address (%d at most)", t.addrs.max), http.StatusForbidden)
 		return
 	}
-	if err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyConn: c}); err != nil {
-		t.release(c) // no session: the disconnect hook will not run
+	cw := &corkingWriter{ResponseWriter: w}
+	ws, err := t.up.Upgrade(cw, r, nil)
+	if err != nil {
+		t.release(c) // gorilla has answered with an HTTP error
 		t.log.Debug("websocket upgrade", "err", err)
+		return
+	}
+	c.ws, c.sock = ws, cw.conn
+	// The handler returns now, so that net/http lets go of the request and
+	// its per-connection buffers; the connection lives on in its reader.
+	// The attach has a context of its own: the request's ends with the
+	// handler.
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go t.serve(ctx, c)
+}
+
+// serve runs one connection: the attach, then the read loop, then the
+// cleanup.
+func (t *wsTransport) serve(ctx context.Context, c *wsConn) {
+	defer t.finish(c)
+	c.ws.SetReadLimit(t.maxMessage) // over it, gorilla sends 1009 and the read fails
+	t.connect(ctx, c)
+	c.armPing()
+	t.read(c)
+}
+
+// read runs the connection's read loop until the socket fails or closes.
+func (t *wsTransport) read(c *wsConn) {
+	ws := c.ws
+	_ = ws.SetReadDeadline(time.Now().Add(pongWait))
+	ws.SetPongHandler(func(string) error {
+		_ = ws.SetReadDeadline(time.Now().Add(pongWait))
+		return nil
+	})
+	for {
+		typ, msg, err := ws.ReadMessage()
+		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				c.why.set(whyTooBig) // metrics: gorilla sent it 1009
+				// The rest of the message is unread: closing now would
+				// reset the connection and the client could lose the close
+				// frame. Drop what comes until it answers (gorilla's client
+				// closes then), at most closeGrace, as closeFromReader does.
+				_ = c.sock.SetReadDeadline(time.Now().Add(closeGrace))
+				_, _ = io.Copy(io.Discard, c.sock)
+			}
+			return
+		}
+		switch typ {
+		case websocket.TextMessage:
+			t.message(c, msg)
+		case websocket.BinaryMessage:
+			t.binary(c, msg)
+		}
+	}
+}
+
+// finish cleans up after the read loop: the socket, the hub, the limits.
+// A write still stuck in the socket is cut: the client is gone, or has
+// already been sent its close frame.
+func (t *wsTransport) finish(c *wsConn) {
+	c.stop()
+	_ = c.sock.SetWriteDeadline(time.Now())
+	_ = c.ws.Close()
+	c.mu.Lock()
+	c.q, c.spare = nil, nil
+	c.mu.Unlock()
+	if c.client != nil {
+		t.hub.Detach(c.client)
+		t.metrics.disconnected(transportWS, c.why.get())
+	}
+	t.release(c)
+}
+
+// closeAll closes, with 1001, the connections not yet attached to the hub
+// at shutdown (the hub closes the others). It does not wait: a stalled
+// client must not hold up the exit.
+func (t *wsTransport) closeAll() {
+	for _, c := range t.conns.all() {
+		if !c.client.gone.Load() {
+			go c.close(CloseGoingAway, ReasonShutdown)
+		}
 	}
 }
 
@@ -163,146 +249,55 @@ func originChecker(allowed []string) func(r *http.Request) bool {
 	}
 }
 
-func connOf(s *melody.Session) *wsConn {
-	c, _ := s.Get(keyConn)
-	wc, _ := c.(*wsConn)
-	return wc
-}
-
-// connect runs after the upgrade and before melody starts the session's
-// writer: the connected frame and the replay are written here, directly and
-// synchronously, while live events wait in the session queue behind them.
-func (t *wsTransport) connect(s *melody.Session) {
-	c := connOf(s)
-	c.s = s
-	c.client = newClient(&wsSink{s: s, timeout: t.writeTimeout}, int(t.queue), c.sub, t.hub.Viewer(c.user))
+// connect writes the connected frame and the replay directly and
+// synchronously, while live events wait in the queue behind them; the
+// writer starts after it. It runs before the read loop, as melody's
+// connect hook did, so no client message is answered before the replay.
+func (t *wsTransport) connect(ctx context.Context, c *wsConn) {
+	c.client = newClient(c, int(t.queue), c.sub, t.hub.Viewer(c.user))
 	t.conns.attach(c)
 	// Control pings cost a pong each: they count against the message rate
 	// like data messages. (Browsers never send them.)
-	conn := s.WebsocketConnection()
-	conn.SetPingHandler(func(data string) error {
+	ws := c.ws
+	ws.SetPingHandler(func(data string) error {
 		if !t.allow(c) {
 			return nil
 		}
-		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
 		var ne net.Error
 		if errors.Is(err, websocket.ErrCloseSent) || (errors.As(err, &ne) && ne.Timeout()) {
 			return nil // as gorilla's default handler: not worth ending the read loop
 		}
 		return err
 	})
-	out := wsEmitter{s: s, timeout: t.writeTimeout}
-	err := out.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))
+	err := c.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))
 	if err == nil {
-		ctx, cancel := context.WithCancel(s.Request.Context())
-		defer cancel()
-		err = t.hub.Attach(ctx, c.client, c.last, c.from, out)
+		// The replay is gathered into large writes too.
+		c.sock.cork()
+		err = t.hub.Attach(ctx, c.client, c.last, c.from, c)
+		if ferr := c.sock.uncork(); err == nil {
+			err = ferr
+		}
 	}
 	if err != nil {
 		code := websocket.CloseInternalServerErr
 		if errors.Is(err, errClosing) {
 			code = CloseGoingAway
 		}
-		c.client.sink.close(code, "could not attach: retry with your last id")
+		c.close(code, "could not attach: retry with your last id")
 		t.log.Debug("websocket attach", "err", err)
+		return
 	}
-}
-
-func (t *wsTransport) disconnect(s *melody.Session) {
-	if c := connOf(s); c != nil {
-		if c.client != nil {
-			t.hub.Detach(c.client)
-			t.metrics.disconnected(transportWS, c.client.sink.(*wsSink).why.get())
-		}
-		t.release(c)
-	}
-}
-
-// sent runs on the session's writer after each text frame: the credit
-// comes back, and a lagging client pulls its next events from the window.
-func (t *wsTransport) sent(s *melody.Session, msg []byte) {
-	t.metrics.sentWS(msg)
-	if c := connOf(s); c != nil && c.client.sent() {
-		t.hub.refill(c.client)
-	}
-}
-
-func (t *wsTransport) error(s *melody.Session, err error) {
-	if c := connOf(s); errors.Is(err, websocket.ErrReadLimit) && c != nil && c.client != nil {
-		c.client.sink.(*wsSink).why.set(whyTooBig) // metrics: melody closes it with 1009
-	}
-	if errors.Is(err, melody.ErrMessageBufferFull) {
-		// melody drops the message and goes on; we must not, or the client
-		// would see a gap. Mark the sink so the hub disconnects it.
-		if c := connOf(s); c != nil && c.client != nil {
-			c.client.sink.(*wsSink).full.Store(true)
-		}
-	}
+	c.startWriter()
 }
 
 // control queues one of the transport's own frames behind the events
 // already queued. It counts against the connection's credit like an event.
-func (t *wsTransport) control(c *wsConn, frame []byte) {
+func (t *wsTransport) control(c *wsConn, e *entry) {
 	c.client.inflight.Add(1)
-	_ = c.s.Write(frame)
-	if c.client.sink.(*wsSink).full.Load() {
+	if !c.send(e) {
 		t.hub.kickSlow(c.client)
 	}
-}
-
-// wsSink queues frames in the melody session.
-type wsSink struct {
-	s       *melody.Session
-	timeout time.Duration // the write timeout: how long close may wait for the writer
-	full    atomic.Bool   // set (synchronously, by melody's error hook) when a Write was dropped
-	why     closeTag      // metrics: why it ended
-}
-
-func (k *wsSink) send(e *entry) bool {
-	if k.full.Load() {
-		return false
-	}
-	_ = k.s.Write(e.frame) // a full buffer is reported through the error hook
-	return !k.full.Load()
-}
-
-// close sends the close frame directly (WriteControl is safe beside the
-// writer, and the queue may be full) and closes the socket; melody's read
-// loop then ends and runs the disconnect hook. WriteControl first waits for
-// the write lock, which melody's writer holds while a frame is stuck in a
-// full socket (the usual state of a slow client). A slow client's close
-// waits as long as that frame may take: giving up sooner would cut the
-// frame short and the client would see an abnormal closure, not 4008. At
-// shutdown a stalled client gets a second, so it cannot hold up the exit.
-func (k *wsSink) close(code int, reason string) {
-	k.why.code(code)
-	wait := time.Second
-	if code == CloseSlow {
-		wait = k.timeout
-	}
-	conn := k.s.WebsocketConnection()
-	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(wait))
-	_ = conn.Close()
-}
-
-// wsEmitter writes frames on the socket before melody's writer runs.
-type wsEmitter struct {
-	s       *melody.Session
-	timeout time.Duration
-}
-
-func (w wsEmitter) write(b []byte) error {
-	conn := w.s.WebsocketConnection()
-	if err := conn.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
-		return err
-	}
-	return conn.WriteMessage(websocket.TextMessage, b)
-}
-
-func (w wsEmitter) event(e *entry) error { return w.write(e.frame) }
-
-func (w wsEmitter) reset(reason string, head notify.Position) error {
-	return w.write(resetFrame(reason, head))
 }
 
 func resetFrame(reason string, head notify.Position) []byte {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
 )
 
 // message answers the app client's messages: {"type":"ping"} with pong and
@@ -18,9 +17,8 @@ import (
 // client bug must not cost the connection; only flooding does (see allow).
 // The decisions are pure functions of the message (parseClientMessage,
 // reply, apply, answer), fuzzed without a socket.
-func (t *wsTransport) message(s *melody.Session, msg []byte) {
-	c := connOf(s)
-	if c == nil || c.client == nil || !t.allow(c) {
+func (t *wsTransport) message(c *wsConn, msg []byte) {
+	if !t.allow(c) {
 		return
 	}
 	m := parseClientMessage(msg)
@@ -28,7 +26,7 @@ func (t *wsTransport) message(s *melody.Session, msg []byte) {
 	reply := m.reply(now)
 	switch {
 	case reply != nil:
-		t.control(c, reply)
+		t.control(c, &entry{frame: reply})
 	case m.changesSubscriptions():
 		t.resubscribe(c, m, now)
 	case m.typ == "pong":
@@ -39,8 +37,8 @@ func (t *wsTransport) message(s *melody.Session, msg []byte) {
 }
 
 // binary ignores a binary message, beyond counting it against the rate.
-func (t *wsTransport) binary(s *melody.Session, _ []byte) {
-	if c := connOf(s); c != nil && c.client != nil && t.allow(c) {
+func (t *wsTransport) binary(c *wsConn, _ []byte) {
+	if t.allow(c) {
 		t.log.Debug("ignoring binary client message", "conn", c.id)
 	}
 }
@@ -48,7 +46,7 @@ func (t *wsTransport) binary(s *melody.Session, _ []byte) {
 // allow takes one message from c's token bucket. A client over the rate is
 // closed with 1008: answering a flood would cost every other client, and
 // dropping messages silently would break a client that only sends too fast
-// by mistake. It runs on the session's read loop, which stops once the
+// by mistake. It runs on the connection's read loop, which stops once the
 // socket is closed.
 func (t *wsTransport) allow(c *wsConn) bool {
 	if c.cut.Load() {
@@ -73,13 +71,11 @@ const closeGrace = 2 * time.Second
 // client answers, or after closeGrace; the loop drops what it reads until
 // then. Closing the socket at once, with the flood unread, would reset the
 // connection and the client could lose the close frame. Call it on the
-// session's read loop only.
+// connection's read loop only.
 func (t *wsTransport) closeFromReader(c *wsConn, code int, reason string) {
-	if c.client != nil {
-		c.client.sink.(*wsSink).why.code(code) // metrics: why it ended
-	}
-	conn := c.s.WebsocketConnection()
-	conn.SetPongHandler(nil) // melody's would move the deadline on
+	c.why.code(code) // metrics: why it ended
+	conn := c.ws
+	conn.SetPongHandler(nil) // the read loop's would move the deadline on
 	_ = conn.SetReadDeadline(time.Now().Add(closeGrace))
 	_ = conn.WriteControl(websocket.CloseMessage, closeMessage(code, reason), time.Now().Add(t.writeTimeout))
 }
@@ -189,7 +185,7 @@ func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			frame := controlFrame("ping", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now)
+			frame := &entry{frame: controlFrame("ping", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now)}
 			for _, c := range t.conns.all() {
 				t.control(c, frame)
 			}
@@ -200,6 +196,7 @@ func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
 // resubscribe applies m in the hub and queues the answer.
 func (t *wsTransport) resubscribe(c *wsConn, m clientMsg, now time.Time) {
 	var id string
+	queued := true
 	t.hub.resubscribe(c.client, func(subs []*Subscription) ([]*Subscription, error) {
 		out, sid, err := m.apply(subs, &c.nsub)
 		id = sid
@@ -208,9 +205,9 @@ func (t *wsTransport) resubscribe(c *wsConn, m clientMsg, now time.Time) {
 		// Queued under the hub's lock (see Hub.resubscribe); a full queue is
 		// dealt with after it.
 		c.client.inflight.Add(1)
-		_ = c.s.Write(m.answer(subs, id, err, now))
+		queued = c.send(&entry{frame: m.answer(subs, id, err, now)})
 	})
-	if c.client.sink.(*wsSink).full.Load() {
+	if !queued {
 		t.hub.kickSlow(c.client)
 	}
 }
