@@ -7,12 +7,13 @@
 -- statement-level triggers, added by rtgw.track and removed by rtgw.untrack.
 --
 -- How ordering works (see README, "Ordering"): a statement trigger copies the
--- changed rows into rtgw.event, tagged with the writer's transaction id, and
--- registers the transaction in rtgw.tx. A deferred constraint trigger on
--- rtgw.tx runs at COMMIT, takes one transaction-scoped advisory lock and only
--- then draws the transaction's commit sequence number. The lock is released
--- after the commit is visible, so sequence numbers follow commit order: a
--- reader that has seen seq N has seen every transaction that committed before.
+-- changed rows into rtgw.event, tagged with the writer's transaction id. The
+-- first event row of a transaction queues a deferred constraint trigger; it
+-- runs at COMMIT, takes one transaction-scoped advisory lock and only then
+-- draws the transaction's commit sequence number and writes its rtgw.tx row.
+-- The lock is released after the commit is visible, so sequence numbers follow
+-- commit order: a reader that has seen seq N has seen every transaction that
+-- committed before.
 BEGIN;
 
 -- Serialise concurrent installs (several replicas running migrate at once).
@@ -21,7 +22,10 @@ SELECT pg_advisory_xact_lock(1920232, 1);
 CREATE SCHEMA IF NOT EXISTS rtgw;
 COMMENT ON SCHEMA rtgw IS 'realtime gateway: event log and change capture';
 
--- One row per writing transaction; seq is set at commit, in commit order.
+-- One row per writing transaction, written once at commit (by rtgw.stamp),
+-- with seq in commit order. (Up to version 1 of the commit path the capture
+-- trigger inserted the row with seq NULL and stamp updated it; such rows are
+-- still stamped, see rtgw.stamp.)
 CREATE TABLE IF NOT EXISTS rtgw.tx (
     xid          xid8 PRIMARY KEY,
     seq          bigint UNIQUE,
@@ -93,23 +97,34 @@ BEGIN
         RETURN NULL; -- untracked while a statement was running
     END IF;
 
-    -- Every row of one statement has the same keys: work out once which to
-    -- drop, then project each row with jsonb - text[].
+    -- This function runs in every tracked write, and each SQL statement it
+    -- runs costs several microseconds of executor start-up: the common case
+    -- (every column, one INSERT ... SELECT) runs two, the lookup above and the
+    -- INSERT below. A statement that changed no row inserts no event, and a
+    -- transaction without events draws no seq (see the rtgw_stamp trigger).
+    --
+    -- With a column whitelist, every row of one statement has the same keys:
+    -- work out once which to drop, then project each row with jsonb - text[].
     -- A delete carries the row as it was, projected like an insert: the
     -- whole key, and the columns subscriptions and visibility rules filter on
     -- (a delete carrying only its key could not be routed to the users who
     -- saw the row).
-    IF TG_OP = 'DELETE' THEN
-        SELECT to_jsonb(o) INTO sample FROM old_rows o LIMIT 1;
+    IF cfg.columns IS NOT NULL OR (TG_OP = 'DELETE' AND cfg.batch_event IS NOT NULL) THEN
+        IF TG_OP = 'DELETE' THEN
+            SELECT to_jsonb(o) INTO sample FROM old_rows o LIMIT 1;
+        ELSE
+            SELECT to_jsonb(n) INTO sample FROM new_rows n LIMIT 1;
+        END IF;
+        IF sample IS NULL THEN
+            RETURN NULL; -- the statement changed no row
+        END IF;
+    END IF;
+    IF cfg.columns IS NOT NULL THEN
+        keep := cfg.columns || cfg.pk;
+        drops := ARRAY(SELECT k FROM jsonb_object_keys(sample) AS k WHERE k <> ALL (keep));
     ELSE
-        SELECT to_jsonb(n) INTO sample FROM new_rows n LIMIT 1;
+        drops := '{}';
     END IF;
-    IF sample IS NULL THEN
-        RETURN NULL; -- the statement changed no row
-    END IF;
-    keep := CASE WHEN cfg.columns IS NULL THEN NULL ELSE cfg.columns || cfg.pk END;
-    drops := ARRAY(SELECT k FROM jsonb_object_keys(sample) AS k
-                   WHERE keep IS NOT NULL AND k <> ALL (keep));
     -- Values the backend set with SET LOCAL (its tab_origin_id, say); an
     -- unset or reset setting reads as '' and is sent as null.
     IF cfg.settings IS NOT NULL THEN
@@ -117,8 +132,6 @@ BEGIN
         FROM jsonb_each_text(cfg.settings) AS s(k, v);
     END IF;
     ph := '{' || cfg.prefix_col || '}';
-
-    INSERT INTO rtgw.tx (xid) VALUES (me) ON CONFLICT (xid) DO NOTHING;
 
     IF TG_OP = 'DELETE' AND cfg.batch_event IS NOT NULL THEN
         -- (nested: old_rows may only be named where it exists)
@@ -160,43 +173,103 @@ END
 $fn$;
 
 -- stamp runs at COMMIT, once per writing transaction (deferred constraint
--- trigger on rtgw.tx). Holding the lock from here to the end of the commit is
--- what makes seq follow commit order; it is the only point where writers of
--- tracked tables wait for each other.
+-- trigger on rtgw.event, queued by the transaction's first event row). Holding the lock from here to the
+-- end of the commit is what makes seq follow commit order; it is the only
+-- point where writers of tracked tables wait for each other.
+--
+-- Everything between the lock and the end of the commit is serialized across
+-- all writers, so it is kept to one statement: one INSERT draws seq, reads the
+-- previous commit time and writes the transaction's rtgw.tx row with its final
+-- values. (Before, the capture trigger inserted the row with seq NULL and this
+-- function updated it under the lock: a non-HOT update, since seq is indexed,
+-- plus a separate read of the previous commit time; the row's NULL-seq index
+-- entries were written outside the lock on the same index pages, so writers
+-- still in their statements contended with the one holding the lock.) Nothing
+-- outside the lock writes rtgw.tx any more, so the pages it touches are
+-- touched by nobody else.
 CREATE OR REPLACE FUNCTION rtgw.stamp() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     s    bigint;
-    prev timestamptz;
+    ignored text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(1920232, 2);
-    s := nextval('rtgw.tx_seq');
+    -- The void calls are assigned, not PERFORMed: PL/pgSQL evaluates an
+    -- assignment's simple expression directly, where PERFORM starts the
+    -- executor for a SELECT (2-3 of the 20 microseconds this function spent
+    -- under the lock, measured).
+    ignored := pg_advisory_xact_lock(1920232, 2)::text;
     -- Commit times strictly increase with seq, even if the clock steps back:
-    -- the long-poll fallback pages by time, and must not skip a commit.
-    -- (An infinite time written by hand is ignored: it would make every
-    -- later commit time infinite too, and the gateway skips those rows.)
-    SELECT committed_at INTO prev FROM rtgw.tx WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1;
-    IF NOT isfinite(prev) THEN
-        prev := NULL;
-    END IF;
-    UPDATE rtgw.tx SET seq = s, committed_at = greatest(clock_timestamp(), prev + interval '1 microsecond')
-    WHERE xid = NEW.xid;
+    -- the long-poll fallback pages by time, and must not skip a commit. The
+    -- previous commit is the last entry of the unique index on seq (under the
+    -- lock nobody else can add one). (An infinite time written by hand is
+    -- ignored: it would make every later commit time infinite too, and the
+    -- gateway skips those rows.)
+    -- ON CONFLICT: a row registered the old way (seq NULL, by a capture
+    -- trigger of the previous version still running during an upgrade, or by
+    -- hand as the tests do) gets its values; a row already stamped is kept
+    -- (then s is NULL and nothing rings; its seq was drawn earlier).
+    INSERT INTO rtgw.tx AS t (xid, seq, committed_at)
+    SELECT NEW.xid, nextval('rtgw.tx_seq'),
+           greatest(clock_timestamp(),
+                    (SELECT CASE WHEN isfinite(p.committed_at) THEN p.committed_at END
+                     FROM rtgw.tx p WHERE p.seq IS NOT NULL ORDER BY p.seq DESC LIMIT 1)
+                    + interval '1 microsecond')
+    ON CONFLICT (xid) DO UPDATE SET seq = excluded.seq, committed_at = excluded.committed_at
+        WHERE t.seq IS NULL
+    RETURNING t.seq INTO s;
     -- NOTIFY is only a doorbell: the gateway reads the table. If no gateway
     -- drains the queue (stopped, paused), a full queue would make this COMMIT
     -- fail, so stop ringing well before that; the gateway's poll catches up.
-    IF pg_notification_queue_usage() < 0.5 THEN
-        PERFORM pg_notify('rtgw', s::text);
+    IF s IS NOT NULL AND pg_notification_queue_usage() < 0.5 THEN
+        ignored := pg_notify('rtgw', s::text)::text;
     END IF;
     RETURN NULL;
 END
 $fn$;
 
+-- The stamp trigger is on rtgw.event since the second version of the commit
+-- path; it was on rtgw.tx (fired by the capture trigger's INSERT of the
+-- registration row). Upgrading moves it. Dropping the old one waits for
+-- writers still holding rtgw.tx (their queued stamps run the old way before
+-- this commits); a writer whose old capture trigger registers a row after
+-- this commits has its event rows stamp it (the ON CONFLICT above).
+--
+-- The WHEN condition is true for the first event row a transaction writes and
+-- false for the rest, so a transaction queues one deferred stamp however many
+-- rows and statements it writes (a 10,000-row statement must not queue
+-- 10,000). Constraint triggers evaluate WHEN as each row is inserted, not at
+-- COMMIT. The mark is a transaction-local setting holding the transaction id:
+-- it ends with the transaction, and a ROLLBACK TO SAVEPOINT that discards the
+-- queued stamp also undoes the mark (settings roll back with
+-- subtransactions), so the next event registers again. The capture trigger's
+-- own SET search_path does not undo it at its exit: that only restores
+-- search_path itself. A stray second stamp (the mark reset by hand) draws a
+-- seq but changes nothing (ON CONFLICT ... WHERE t.seq IS NULL).
+-- The condition is written out with built-in functions only: PostgreSQL
+-- prepares a trigger's WHEN once per statement, and a SQL function in it
+-- would be parsed and inlined again for every tracked statement (about 12
+-- microseconds each, measured); CASE fixes the order of the two calls.
 DO $do$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger
+               WHERE tgrelid = 'rtgw.tx'::regclass AND tgname = 'rtgw_stamp') THEN
+        DROP TRIGGER rtgw_stamp ON rtgw.tx;
+    END IF;
+    -- (A development version called a SQL function rtgw.first_event here.)
+    IF EXISTS (SELECT 1 FROM pg_trigger
+               WHERE tgrelid = 'rtgw.event'::regclass AND tgname = 'rtgw_stamp'
+                 AND pg_get_triggerdef(oid) LIKE '%first_event%') THEN
+        DROP TRIGGER rtgw_stamp ON rtgw.event;
+    END IF;
+    DROP FUNCTION IF EXISTS rtgw.first_event(xid8);
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                   WHERE tgrelid = 'rtgw.tx'::regclass AND tgname = 'rtgw_stamp') THEN
-        CREATE CONSTRAINT TRIGGER rtgw_stamp AFTER INSERT ON rtgw.tx
-            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rtgw.stamp();
+                   WHERE tgrelid = 'rtgw.event'::regclass AND tgname = 'rtgw_stamp') THEN
+        CREATE CONSTRAINT TRIGGER rtgw_stamp AFTER INSERT ON rtgw.event
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN (CASE WHEN pg_catalog.current_setting('rtgw.stamp_xid', true) OPERATOR(pg_catalog.=) NEW.xid::text
+                       THEN false
+                       ELSE pg_catalog.set_config('rtgw.stamp_xid', NEW.xid::text, true) IS NOT NULL END)
+            EXECUTE FUNCTION rtgw.stamp();
     END IF;
 END
 $do$;
