@@ -259,42 +259,12 @@ func (m *metrics) deliveredAll(tr transport, evs []*entry) {
 	}
 }
 
-// sentWS counts a frame the WebSocket writer wrote, when it is an event. The
-// writer passes only the bytes, so the commit time is read back from
-// the frame: an event frame starts with its id and ends with its timestamp
-// in timeLayout (see newEntry); control frames start with their type.
-func (m *metrics) sentWS(msg []byte) {
-	if m == nil || len(msg) < len(eventFramePrefix)+len(timeLayout)+2 || string(msg[:len(eventFramePrefix)]) != eventFramePrefix {
-		return
+// sentWS counts an entry the WebSocket writer wrote, when it is an event
+// (the transport's own frames have no position).
+func (m *metrics) sentWS(e *entry) {
+	if e.isEvent() {
+		m.delivered1(transportWS, e.Time)
 	}
-	if t, ok := parseFrameTime(msg[len(msg)-2-len(timeLayout) : len(msg)-2]); ok {
-		m.delivered1(transportWS, t)
-	}
-}
-
-const eventFramePrefix = `{"id":"`
-
-// parseFrameTime reads a timestamp in timeLayout without allocating.
-func parseFrameTime(b []byte) (time.Time, bool) {
-	// 2006-01-02T15:04:05.000000Z
-	num := func(i, n int) int {
-		v := 0
-		for _, c := range b[i : i+n] {
-			if c < '0' || c > '9' {
-				return -1
-			}
-			v = v*10 + int(c-'0')
-		}
-		return v
-	}
-	if len(b) != len(timeLayout) || b[4] != '-' || b[10] != 'T' || b[19] != '.' || b[26] != 'Z' {
-		return time.Time{}, false
-	}
-	y, mo, d, h, mi, s, us := num(0, 4), num(5, 2), num(8, 2), num(11, 2), num(14, 2), num(17, 2), num(20, 6)
-	if y < 0 || mo < 0 || d < 0 || h < 0 || mi < 0 || s < 0 || us < 0 {
-		return time.Time{}, false
-	}
-	return time.Date(y, time.Month(mo), d, h, mi, s, us*1000, time.UTC), true
 }
 
 // opened counts a tr connection as open until the returned func runs, which

@@ -201,7 +201,7 @@ func (c *wsConn) writeRun(run []*entry, size int) error {
 // lagging client then pulls the next events from the window).
 func (c *wsConn) wrote(e *entry) {
 	c.pending.Add(-1)
-	c.t.metrics.sentWS(e.frame)
+	c.t.metrics.sentWS(e)
 	if c.client.sent() {
 		c.t.hub.refill(c.client)
 	}
