@@ -15,18 +15,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
 	"github.com/budget-rt/gateway/notify"
 	"github.com/budget-rt/gateway/notify/pgcluster"
-	rtsql "github.com/budget-rt/gateway/sql"
 )
-
-// demoTrack is what the demo tracks, whatever GATEWAY_TRACK says: the
-// tables it writes to.
-const demoTrack = "facts:budget_fact,articles:article"
 
 // demoPage is the page the demo serves at /: the events as they arrive,
 // through client.js.
@@ -78,14 +72,14 @@ func demo(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 	}
 	// Later entries win (config.Load reads them into a map in order).
 	cfg, err := config.Load(slices.Concat(environ, []string{
-		"DATABASE_URL=" + dbURL, "GATEWAY_ADDR=" + addr, "GATEWAY_TRACK=" + demoTrack,
+		"DATABASE_URL=" + dbURL, "GATEWAY_ADDR=" + addr, "GATEWAY_TRACK=" + notify.DemoTrack,
 		"GATEWAY_JWT_SECRET=", "GATEWAY_INSECURE_NO_AUTH=true"}))
 	if err != nil {
 		return err
 	}
 	logger := newLogger(cfg, stderr)
 
-	if err := demoSetup(ctx, dbURL); err != nil {
+	if err := notify.InstallDemo(ctx, dbURL); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", addr)
@@ -120,23 +114,6 @@ func demo(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 	<-wrote
 	fmt.Fprintln(stdout, "Gateway stopped.")
 	return err
-}
-
-// demoSetup creates the tables and installs the SQL.
-func demoSetup(ctx context.Context, dbURL string) error {
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		return fmt.Errorf("connect to database: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, rtsql.DemoTables); err != nil {
-		return fmt.Errorf("create the demo tables: %w", err)
-	}
-	tracks, err := config.ParseTrack(demoTrack)
-	if err != nil {
-		return err
-	}
-	return notify.Install(ctx, conn, tracks)
 }
 
 // demoHandler adds the demo page at / to the gateway's routes.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/budget-rt/gateway/notify"
 	"github.com/budget-rt/gateway/notify/pgtest"
 )
 
@@ -66,7 +67,7 @@ type gatewayProc struct {
 func newDB(t *testing.T) string {
 	t.Helper()
 	db := pgtest.NewDatabase(t)
-	if err := setup(t.Context(), db); err != nil {
+	if err := notify.InstallDemo(t.Context(), db); err != nil {
 		t.Fatalf("set up the database: %v", err)
 	}
 	return db

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/budget-rt/gateway/notify"
 )
 
 // options are the flags of a run.
@@ -184,7 +186,7 @@ func waitReady(ctx context.Context, base string) (string, error) {
 // openDB opens the writer's pool and checks the table.
 func openDB(ctx context.Context, o options) (*pgxpool.Pool, error) {
 	if o.setup {
-		if err := setup(ctx, o.db); err != nil {
+		if err := notify.InstallDemo(ctx, o.db); err != nil {
 			return nil, err
 		}
 	}

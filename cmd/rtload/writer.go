@@ -10,12 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/budget-rt/gateway/config"
-	"github.com/budget-rt/gateway/notify"
-	rtsql "github.com/budget-rt/gateway/sql"
 )
 
 // insertRows inserts rows first..last (the writer's indexes) in one
@@ -123,27 +118,6 @@ func (w *writer) committed(ctx context.Context) ([]bool, error) {
 		set[i] = true
 	}
 	return set, rows.Err()
-}
-
-// setup creates the demo's tables and tracks them, as `gateway demo` does:
-// for a fresh database the tool is pointed at with -setup.
-func setup(ctx context.Context, dbURL string) error {
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		return fmt.Errorf("connect to database: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, rtsql.DemoTables); err != nil {
-		return fmt.Errorf("create the demo tables: %w", err)
-	}
-	tracks, err := config.ParseTrack("facts:budget_fact,articles:article")
-	if err != nil {
-		return err
-	}
-	if err := notify.Install(ctx, conn, tracks); err != nil {
-		return fmt.Errorf("track the demo tables: %w", err)
-	}
-	return nil
 }
 
 // checkTable fails early, with a hint, when facts is not the demo's.
