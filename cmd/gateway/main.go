@@ -19,7 +19,7 @@ import (
 )
 
 func main() {
-	gcDefaultsFor(os.Environ(), os.DirFS("/")).apply() // see gcdefaults.go
+	containerGC(os.Environ()) // see gcdefaults.go
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr)
 	stop()
