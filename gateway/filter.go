@@ -64,9 +64,6 @@ func (s *Subscription) match(e *entry) bool {
 	return true
 }
 
-// all reports whether s matches every event.
-func (s *Subscription) all() bool { return s.Types == nil && s.Tables == nil && len(s.Where) == 0 }
-
 // ParseQuery reads the subscription a connection starts with from its URL:
 //
 //	?types=fact_created,fact_updated&tables=t_f_budget_fact&where=financial_center_id=12

@@ -123,9 +123,6 @@ func withBlockedWS() nginxOption { return func(s *nginxSettings) { s.blockWS = t
 // withBlockedSSE makes nginx answer 403 to the SSE route.
 func withBlockedSSE() nginxOption { return func(s *nginxSettings) { s.blockSSE = true } }
 
-// withRoot serves static files from dir at / (default: ./testdata).
-func withRoot(dir string) nginxOption { return func(s *nginxSettings) { s.root = dir } }
-
 // nginxServer is a running nginx.
 type nginxServer struct {
 	base   string // http://127.0.0.1:port
