@@ -2,12 +2,26 @@ package gateway
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 )
 
-// corkConn is a client's socket as gorilla sees it. While it is corked,
+// corkConn is a client's socket, as gorilla and the connection's writers
+// see it.
+//
+// The fan-out writes events with tryWrite: straight into the socket if it
+// has room, without waiting and without a goroutine of the connection's
+// own. What a full socket did not take is kept in partial, which every
+// later write sends first, so a frame is never cut by another (a pong from
+// gorilla, say); the connection's blocking writer (wsConn.drain) finishes it.
+//
+// While it is corked,
 // writes are gathered in a buffer and go out in one system call when it is
 // uncorked, or when the buffer holds corkFlushBytes. The connection's
 // writer corks while it writes what it took from its queue, so frames
@@ -20,11 +34,14 @@ import (
 // before it closes the socket, so such a close frame is not lost.
 type corkConn struct {
 	net.Conn
+	raw syscall.RawConn // the descriptor, for tryWrite; nil when the socket has none
 
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // from corkBufs while corked
-	err    error   // the first failed flush: the socket is broken
+	mu      sync.Mutex
+	corked  bool
+	buf     *[]byte     // from corkBufs while corked
+	partial []byte      // the rest of a frame tryWrite could not finish
+	isCut   atomic.Bool // closing: write deadlines only come nearer
+	err     error       // the first failed write: the socket is broken
 }
 
 // corkFlushBytes bounds what one writer gathers before it writes.
@@ -35,11 +52,13 @@ var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8192); return &b
 func (c *corkConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.corked {
-		return c.Conn.Write(b)
+	if err := c.settle(); err != nil {
+		return 0, err
 	}
-	if c.err != nil {
-		return 0, c.err
+	if !c.corked {
+		n, err := c.Conn.Write(b)
+		c.undeadline()
+		return n, err
 	}
 	*c.buf = append(*c.buf, b...)
 	if len(*c.buf) >= corkFlushBytes {
@@ -67,14 +86,128 @@ func (c *corkConn) uncork() error {
 	c.corked = false
 	err := c.flush()
 	c.release()
+	c.undeadline()
+	return err
+}
+
+// tryWrite writes b as far as the socket takes it now, without waiting.
+// It reports done when all of b is written; otherwise what is left is kept
+// to go before anything else, and the caller's blocking writer must call
+// finish. shared says b stays unchanged (an event's wire bytes), so the
+// rest need not be copied. tried false means nothing was attempted: the
+// socket is busy (a write is in progress, perhaps stuck in a full socket)
+// or cannot be written to directly.
+func (c *corkConn) tryWrite(b []byte, shared bool) (done, tried bool, err error) {
+	if c.raw == nil || !c.mu.TryLock() {
+		return false, false, nil
+	}
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return false, true, c.err
+	}
+	if c.corked || len(c.partial) > 0 {
+		return false, false, nil
+	}
+	n, err := rawWrite(c.raw, b)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return false, false, nil // being cut: the blocking path tells
+	}
+	if err != nil {
+		c.err = err
+		return false, true, err
+	}
+	if n == len(b) {
+		return true, true, nil
+	}
+	rest := b[n:]
+	if !shared {
+		rest = append([]byte(nil), rest...)
+	}
+	c.partial = rest
+	return false, true, nil
+}
+
+// finish writes what tryWrite left, waiting for room at most d.
+func (c *corkConn) finish(d time.Duration) error {
+	return c.writeWithin(nil, d)
+}
+
+// writeWithin writes what tryWrite left, then b, waiting for room at most
+// d. The deadline is set under the lock, with the write: gorilla's own
+// deadline for a control frame (a second for a pong) must not cut it.
+func (c *corkConn) writeWithin(b []byte, d time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	if !c.isCut.Load() {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(d)); err != nil {
+			return err
+		}
+	}
+	defer c.undeadline()
+	if err := c.settle(); err != nil || len(b) == 0 {
+		return err
+	}
+	if _, err := c.Conn.Write(b); err != nil {
+		c.err = err
+		return err
+	}
+	return nil
+}
+
+// undeadline clears the write deadline after a blocking write, unless the
+// socket is being cut: a deadline is a point in time, and once it passed
+// it would fail every later write, tryWrite's among them. Call with mu
+// held.
+func (c *corkConn) undeadline() {
+	if !c.isCut.Load() {
+		_ = c.Conn.SetWriteDeadline(time.Time{})
+	}
+}
+
+// SetWriteDeadline, which gorilla calls before each frame it writes, waits
+// for a write in progress, as gorilla's own write lock made it wait when
+// every frame went through gorilla: a pong's one-second deadline must not
+// cut a long write to a slow client. cut changes the deadline at once.
+func (c *corkConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.isCut.Load() {
+		return nil // closing: the deadline cut set stands
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// cut sets the write deadline without waiting, for good: a write stuck in
+// a full socket gives up at t, and no later write may wait beyond it.
+func (c *corkConn) cut(t time.Time) error {
+	c.isCut.Store(true)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// settle writes what tryWrite left, if anything. Call with mu held.
+func (c *corkConn) settle() error {
+	if c.err != nil {
+		return c.err
+	}
+	if len(c.partial) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.partial)
+	c.partial = nil
+	if err != nil {
+		c.err = err
+	}
 	return err
 }
 
 // flush writes the buffer, under the deadline gorilla set for the last
 // frame (or a shorter one a close frame set since). Call with mu held.
 func (c *corkConn) flush() error {
-	if c.err != nil {
-		return c.err
+	if err := c.settle(); err != nil {
+		return err
 	}
 	if c.buf == nil || len(*c.buf) == 0 {
 		return nil
@@ -100,6 +233,9 @@ func (c *corkConn) release() {
 // Close writes what is gathered (a close frame may be among it), then
 // closes the socket.
 func (c *corkConn) Close() error {
+	if !c.isCut.Load() {
+		_ = c.cut(time.Now().Add(time.Second)) // no write may hold up the close for long
+	}
 	c.mu.Lock()
 	c.corked = false
 	_ = c.flush()
@@ -124,5 +260,8 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.conn = &corkConn{Conn: nc}
+	if sc, ok := nc.(syscall.Conn); ok {
+		w.conn.raw, _ = sc.SyscallConn() // without it, every write takes the blocking path
+	}
 	return w.conn, brw, nil
 }

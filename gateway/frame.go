@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"sync"
 	"time"
@@ -12,7 +13,8 @@ import (
 // connection that receives it.
 type entry struct {
 	notify.Event
-	frame []byte // the JSON object: a WebSocket text frame, and SSE data
+	frame []byte // the JSON object: a WebSocket text frame's payload, and SSE data
+	wire  []byte // frame as a whole WebSocket frame, header included
 	sse   []byte // the whole SSE block (id, event, data lines)
 
 	// The row's top-level values in canonical form, decoded on first use:
@@ -42,10 +44,16 @@ func (e *entry) column(name string) (string, bool) {
 // timeLayout is ISO-8601 in UTC with microseconds, as the app's frames have.
 const timeLayout = "2006-01-02T15:04:05.000000Z"
 
+// wsHeadroom is room left before a frame's JSON for its WebSocket header,
+// so that the whole frame is one slice, built once: a server's frames are
+// not masked, so every connection sends the very same bytes. 10 bytes is
+// the largest header (a 64-bit length).
+const wsHeadroom = 10
+
 func newEntry(ev notify.Event) *entry {
 	e := &entry{Event: ev}
 	id := ev.Pos.String()
-	b := make([]byte, 0, len(ev.Data)+len(ev.Type)*2+96)
+	b := make([]byte, wsHeadroom, wsHeadroom+len(ev.Data)+len(ev.Type)*2+96)
 	b = append(b, `{"id":"`...)
 	b = append(b, id...)
 	b = append(b, `","type":`...)
@@ -60,9 +68,41 @@ func newEntry(ev notify.Event) *entry {
 	b = append(b, `,"timestamp":"`...)
 	b = ev.Time.UTC().AppendFormat(b, timeLayout)
 	b = append(b, `"}`...)
-	e.frame = b
-	e.sse = sseBlock(id, ev.Type, b)
+	e.wire = framed(b)
+	e.frame = b[wsHeadroom:]
+	e.sse = sseBlock(id, ev.Type, e.frame)
 	return e
+}
+
+// newFrame makes an entry of one of the transport's own frames (pong,
+// ping, subscribed, ...), which has no position.
+func newFrame(frame []byte) *entry {
+	b := append(make([]byte, wsHeadroom, wsHeadroom+len(frame)), frame...)
+	return &entry{frame: b[wsHeadroom:], wire: framed(b)}
+}
+
+// framed writes the WebSocket header of the text frame whose payload is
+// b[wsHeadroom:] into the room before it, and returns the whole frame.
+func framed(b []byte) []byte {
+	var h [wsHeadroom]byte
+	hdr := appendHeader(h[:0], len(b)-wsHeadroom)
+	start := wsHeadroom - len(hdr)
+	copy(b[start:], hdr)
+	return b[start:]
+}
+
+// appendHeader appends the header of an unmasked, final text frame of n
+// bytes (RFC 6455, section 5.2).
+func appendHeader(b []byte, n int) []byte {
+	b = append(b, 0x81) // FIN, opcode 1 (text)
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
+	}
 }
 
 // sseBlock formats one SSE message. data never holds a newline: it is

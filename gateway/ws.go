@@ -53,6 +53,7 @@ type wsTransport struct {
 	msgBurst     int
 	bodyTimeout  time.Duration // to read the body of /ws/disconnect
 	metrics      *metrics
+	fan          *fanout
 }
 
 // controlMargin is room in a connection's queue beyond the events' credit,
@@ -78,7 +79,8 @@ func newWS(hub *Hub, logger *slog.Logger, opt Options, addrs *addrSlots) *wsTran
 	}
 	t := &wsTransport{hub: hub, auth: opt.Auth, log: logger, writeTimeout: opt.WriteTimeout,
 		conns: newRegistry(perUser, opt.MaxConns), addrs: addrs, clients: clientAddrs{trusted: opt.TrustedProxies},
-		queue: int32(opt.SendQueue), maxMessage: opt.MaxMessageBytes, msgRate: rate.Inf, msgBurst: opt.MessageBurst}
+		queue: int32(opt.SendQueue), maxMessage: opt.MaxMessageBytes, msgRate: rate.Inf, msgBurst: opt.MessageBurst,
+		fan: newFanout()}
 	if opt.MessageRate > 0 {
 		t.msgRate = rate.Limit(opt.MessageRate)
 	}
@@ -200,7 +202,7 @@ func (t *wsTransport) read(c *wsConn) {
 // already been sent its close frame.
 func (t *wsTransport) finish(c *wsConn) {
 	c.stop()
-	_ = c.sock.SetWriteDeadline(time.Now())
+	_ = c.sock.cut(time.Now())
 	_ = c.ws.Close()
 	c.mu.Lock()
 	c.q, c.spare = nil, nil

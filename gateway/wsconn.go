@@ -17,10 +17,14 @@ import (
 // way out. It is the client's sink (the hub offers it frames) and, while it
 // attaches, its emitter (the replay is written directly).
 //
-// Frames wait in a queue guarded by mu. No goroutine writes while the queue
-// is empty: the first frame offered to an idle connection starts a writer,
-// which drains the queue and ends when it finds it empty. An idle
-// connection therefore costs its reader's goroutine and nothing else.
+// Frames wait in a queue guarded by mu; writing says whose turn it is to
+// write them. The first frame offered to an idle connection puts it on the
+// fan-out's list (see fanout): a worker shared by every connection writes
+// its frames into the socket if it has room, in one write(2) and without
+// waiting. Only a socket without room gets a goroutine of its own (drain),
+// which waits for room, writes the queue until it is empty, and ends. An
+// idle connection therefore costs its reader's goroutine and nothing else,
+// and a busy one no goroutine start, no wake-up and no lock but its own.
 type wsConn struct {
 	id     string // connection_id, for /ws/disconnect
 	user   User
@@ -62,9 +66,10 @@ const (
 // next frame, written right after.
 const maxBatchBytes = 64 << 10
 
-// send queues e for the writer, starting one when none runs. It reports
-// false when the queue is full (the hub then cuts the client as slow). A
-// closing connection takes frames and drops them: it is going away.
+// send queues e, and has the fan-out write it when the connection was
+// idle. It reports false when the queue is full (the hub then cuts the
+// client as slow). A closing connection takes frames and drops them: it is
+// going away.
 func (c *wsConn) send(e *entry) bool {
 	c.mu.Lock()
 	if c.closed {
@@ -81,7 +86,7 @@ func (c *wsConn) send(e *entry) bool {
 	c.writing = true
 	c.mu.Unlock()
 	if start {
-		go c.drain()
+		c.t.fan.schedule(c)
 	}
 	return true
 }
@@ -94,62 +99,110 @@ func (c *wsConn) startWriter() {
 	c.writing = start
 	c.mu.Unlock()
 	if start {
-		go c.drain()
+		c.t.fan.schedule(c)
 	}
 }
 
-// drain writes what is queued until the queue is empty, then ends. A
-// failed write closes the socket; the read loop then ends and cleans up.
-func (c *wsConn) drain() {
-	var done []*entry
-	for {
-		c.mu.Lock()
-		if done != nil {
-			clear(done) // the entries may leave the window; do not pin them
-			c.spare = done[:0]
-		}
-		if c.closed || len(c.q) == 0 {
-			c.writing = false
-			if cap(c.q) > 64 {
-				c.q, c.spare = nil, nil // a burst's queue goes back to the heap
-			}
-			c.mu.Unlock()
-			return
-		}
-		batch := c.q
-		c.q, c.spare = c.spare, nil
-		c.mu.Unlock()
-		c.sock.cork()
-		err := c.writeAll(batch)
-		if ferr := c.sock.uncork(); err == nil {
-			err = ferr
-		}
-		if err != nil {
-			c.t.log.Debug("websocket write", "err", err, "conn", c.id)
-			c.mu.Lock()
-			c.closed = true
-			c.mu.Unlock()
-			_ = c.ws.Close()
-			return
-		}
-		for _, e := range batch {
-			c.wrote(e)
-		}
-		done = batch
+// take hands the writer what is queued, or ends its turn (writing false)
+// when nothing is. done is the batch it wrote last, emptied and kept for
+// the next.
+func (c *wsConn) take(done []*entry) []*entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if done != nil {
+		clear(done) // the entries may leave the window; do not pin them
+		c.spare = done[:0]
 	}
-}
-
-// writeAll writes a batch taken from the queue: each frame on its own, or,
-// with ?batch=1, each run of events as one frame holding a JSON array.
-// Control frames always go alone, in their place.
-func (c *wsConn) writeAll(batch []*entry) error {
-	if !c.batch {
-		for _, e := range batch {
-			if err := c.write(e.frame); err != nil {
-				return err
-			}
+	if c.closed || len(c.q) == 0 {
+		c.writing = false
+		if cap(c.q) > 64 {
+			c.q, c.spare = nil, nil // a burst's queue goes back to the heap
 		}
 		return nil
+	}
+	batch := c.q
+	c.q, c.spare = c.spare, nil
+	return batch
+}
+
+// push is the fan-out's turn at c: it writes what c has queued if the
+// socket takes it all now. Otherwise c's own writer (drain) takes over and
+// waits for room, so no fan-out worker ever waits on one slow client. buf
+// is the worker's buffer, for frames that go out together.
+func (c *wsConn) push(buf *[]byte) {
+	batch := c.take(nil)
+	if batch == nil {
+		return
+	}
+	b, shared := c.assemble(batch, (*buf)[:0])
+	if !shared && cap(b) <= 4*maxBatchBytes {
+		*buf = b[:0]
+	}
+	done, tried, err := c.sock.tryWrite(b, shared)
+	switch {
+	case err != nil:
+		c.fail(err)
+	case !done:
+		// tried: the socket took part of it, the rest waits in the socket;
+		// not tried: nothing was written.
+		go c.drain(batch, tried)
+	default:
+		c.wroteAll(batch)
+		if c.more(batch) {
+			c.t.fan.schedule(c) // its next turn comes after the others'
+		}
+	}
+}
+
+// more recycles the batch the fan-out wrote and reports whether frames were
+// queued meanwhile; if not, the writer's turn ends.
+func (c *wsConn) more(done []*entry) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(done)
+	c.spare = done[:0]
+	if c.closed || len(c.q) == 0 {
+		c.writing = false
+		return false
+	}
+	return true
+}
+
+// drain is the connection's own writer, for a socket that had no room: it
+// waits for room (under the write timeout), finishes batch, then writes what
+// is queued until the queue is empty, and ends. written says batch is
+// already in the socket's hands (tryWrite kept its rest). A failed write
+// closes the socket; the read loop then ends and cleans up.
+func (c *wsConn) drain(batch []*entry, written bool) {
+	var err error
+	if written {
+		err = c.sock.finish(c.t.writeTimeout)
+	} else {
+		err = c.writeBatch(batch)
+	}
+	for err == nil {
+		c.wroteAll(batch)
+		if batch = c.take(batch); batch == nil {
+			return
+		}
+		err = c.writeBatch(batch)
+	}
+	c.fail(err)
+}
+
+// assemble returns batch as it goes on the wire: each frame whole, or, with
+// ?batch=1, each run of events as one frame holding a JSON array of them
+// (control frames always go alone, in their place). A single frame is the
+// entry's own bytes (shared true); anything else is built in dst.
+func (c *wsConn) assemble(batch []*entry, dst []byte) (b []byte, shared bool) {
+	if len(batch) == 1 {
+		return batch[0].wire, true
+	}
+	if !c.batch {
+		for _, e := range batch {
+			dst = append(dst, e.wire...)
+		}
+		return dst, false
 	}
 	for i := 0; i < len(batch); {
 		j, size := i+1, len(batch[i].frame)
@@ -159,55 +212,64 @@ func (c *wsConn) writeAll(batch []*entry) error {
 				j++
 			}
 		}
-		if err := c.writeRun(batch[i:j], size); err != nil {
-			return err
+		if j == i+1 {
+			dst = append(dst, batch[i].wire...)
+		} else {
+			dst = append(appendHeader(dst, size+2), '[')
+			for k, e := range batch[i:j] {
+				if k > 0 {
+					dst = append(dst, ',')
+				}
+				dst = append(dst, e.frame...)
+			}
+			dst = append(dst, ']')
 		}
 		i = j
 	}
-	return nil
+	return dst, false
 }
 
-// batchBufs are the buffers batched frames are assembled in.
+// batchBufs are the buffers the connections' own writers assemble in.
 var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// writeRun writes run as one frame: a single frame as it is, several
-// event frames as a JSON array of them.
-func (c *wsConn) writeRun(run []*entry, size int) error {
-	if len(run) == 1 {
-		return c.write(run[0].frame)
-	}
+// writeBatch writes batch, waiting for room under the write timeout.
+func (c *wsConn) writeBatch(batch []*entry) error {
 	bp := batchBufs.Get().(*[]byte)
-	b := append((*bp)[:0], '[')
-	if cap(b) < size+2 {
-		b = append(make([]byte, 0, size+2), '[')
-	}
-	for k, e := range run {
-		if k > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, e.frame...)
-	}
-	b = append(b, ']')
-	err := c.write(b)
-	if cap(b) <= maxBatchBytes+2 {
+	b, shared := c.assemble(batch, (*bp)[:0])
+	err := c.sock.writeWithin(b, c.t.writeTimeout)
+	if !shared && cap(b) <= 4*maxBatchBytes {
 		*bp = b[:0]
-		batchBufs.Put(bp)
 	}
+	batchBufs.Put(bp)
 	return err
 }
 
-// wrote accounts for a frame written (its batch is on the socket): it
-// leaves the queue, an event is counted, and its credit comes back (a
+// wroteAll accounts for a batch written (it is in the socket): each frame
+// leaves the queue, each event is counted, and their credit comes back (a
 // lagging client then pulls the next events from the window).
-func (c *wsConn) wrote(e *entry) {
-	c.pending.Add(-1)
-	c.t.metrics.sentWS(e)
-	if c.client.sent() {
-		c.t.hub.refill(c.client)
+func (c *wsConn) wroteAll(batch []*entry) {
+	for _, e := range batch {
+		c.pending.Add(-1)
+		c.t.metrics.sentWS(e)
+		if c.client.sent() {
+			c.t.hub.refill(c.client)
+		}
 	}
 }
 
-// write writes one text frame, under the write timeout.
+// fail gives up on a broken socket: nothing more is written, and closing it
+// ends the read loop, which cleans up. The close runs apart: the caller may
+// be a fan-out worker, which must not wait.
+func (c *wsConn) fail(err error) {
+	c.t.log.Debug("websocket write", "err", err, "conn", c.id)
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	go c.ws.Close()
+}
+
+// write writes one text frame through gorilla, under the write timeout:
+// the attach's frames, before the queue's writers start.
 func (c *wsConn) write(b []byte) error {
 	if err := c.ws.SetWriteDeadline(time.Now().Add(c.t.writeTimeout)); err != nil {
 		return err
@@ -244,7 +306,7 @@ func (c *wsConn) close(code int, reason string) {
 	// The close frame may wait in the writer's gathered frames (corkConn),
 	// which Close flushes: a write still stuck gives up at the same
 	// deadline, so Close cannot wait longer.
-	_ = c.sock.SetWriteDeadline(deadline)
+	_ = c.sock.cut(deadline)
 	_ = c.ws.Close()
 }
 

@@ -26,7 +26,7 @@ func (t *wsTransport) message(c *wsConn, msg []byte) {
 	reply := m.reply(now)
 	switch {
 	case reply != nil:
-		t.control(c, &entry{frame: reply})
+		t.control(c, newFrame(reply))
 	case m.changesSubscriptions():
 		t.resubscribe(c, m, now)
 	case m.typ == "pong":
@@ -185,7 +185,7 @@ func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			frame := &entry{frame: controlFrame("ping", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now)}
+			frame := newFrame(controlFrame("ping", "", map[string]any{"timestamp": now.UTC().Format(timeLayout)}, now))
 			for _, c := range t.conns.all() {
 				t.control(c, frame)
 			}
@@ -205,7 +205,7 @@ func (t *wsTransport) resubscribe(c *wsConn, m clientMsg, now time.Time) {
 		// Queued under the hub's lock (see Hub.resubscribe); a full queue is
 		// dealt with after it.
 		c.client.inflight.Add(1)
-		queued = c.send(&entry{frame: m.answer(subs, id, err, now)})
+		queued = c.send(newFrame(m.answer(subs, id, err, now)))
 	})
 	if !queued {
 		t.hub.kickSlow(c.client)

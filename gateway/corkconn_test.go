@@ -1,0 +1,203 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// socketPair returns both ends of a loopback TCP connection, the server's
+// wrapped as a hijacked WebSocket's is, with small kernel buffers so that
+// a frame of a MiB cannot fit.
+func socketPair(t *testing.T) (*corkConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	_ = client.(*net.TCPConn).SetReadBuffer(64 << 10)
+	_ = server.(*net.TCPConn).SetWriteBuffer(64 << 10)
+	t.Cleanup(func() { client.Close(); server.Close() })
+
+	// The same wrapping as the upgrade's hijack.
+	var hj hijacker
+	hj.conn = server
+	cw := &corkingWriter{ResponseWriter: &hj}
+	sock, _, err := cw.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cw.conn.raw == nil {
+		t.Fatal("a TCP socket must get the direct write path")
+	}
+	return sock.(*corkConn), client
+}
+
+// hijacker hands out a socket as an http.ResponseWriter's Hijack would.
+type hijacker struct {
+	httptest.ResponseRecorder
+	conn net.Conn
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) { return h.conn, nil, nil }
+
+var _ http.Hijacker = (*hijacker)(nil)
+
+// frameOf is a WebSocket text frame of n bytes of payload filled with b.
+func frameOf(b byte, n int) []byte {
+	p := append(make([]byte, wsHeadroom), bytes.Repeat([]byte{b}, n)...)
+	return framed(p)
+}
+
+// A frame the socket could take only in part is finished before anything
+// else is written: a control frame gorilla writes meanwhile (a pong, a
+// close) comes after it, whole, never inside it.
+func TestTryWriteKeepsFramesWhole(t *testing.T) {
+	sock, client := socketPair(t)
+	big := frameOf('a', 1<<20)
+	done, tried, err := sock.tryWrite(big, false)
+	if err != nil || !tried || done {
+		t.Fatalf("tryWrite of %d bytes into a small socket: done %v tried %v err %v; want part written", len(big), done, tried, err)
+	}
+	if len(sock.partial) == 0 || len(sock.partial) > len(big) {
+		t.Fatalf("kept %d bytes of %d", len(sock.partial), len(big))
+	}
+	// While the rest waits, the direct path does not write: another frame
+	// must wait behind the rest.
+	if done, tried, _ := sock.tryWrite(frameOf('b', 10), true); done || tried {
+		t.Fatalf("tryWrite with a frame unfinished: done %v tried %v; want nothing tried", done, tried)
+	}
+	// Scribble over the caller's buffer: what was kept must be a copy.
+	for i := range big {
+		big[i] = 'x'
+	}
+	want := append(frameOf('a', 1<<20), frameOf('p', 3)...)
+
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(client, int64(len(want))))
+		got <- b
+	}()
+	// gorilla's pong, written on the read loop; then the writer finishes.
+	if _, err := sock.Write(frameOf('p', 3)); err != nil {
+		t.Fatalf("write a control frame: %v", err)
+	}
+	if err := sock.finish(5 * time.Second); err != nil {
+		t.Fatalf("finish: %v", err)
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("the client read %d bytes, not the frame then the control frame (%d bytes)", len(b), len(want))
+	}
+}
+
+// A deadline that passed after a blocking write must not fail the direct
+// writes that follow: a deadline is a point in time, not a duration.
+func TestTryWriteAfterDeadlinePassed(t *testing.T) {
+	sock, client := socketPair(t)
+	deadline := time.Now().Add(20 * time.Millisecond)
+	if err := sock.SetWriteDeadline(deadline); err != nil { // as gorilla does before a control frame
+		t.Fatal(err)
+	}
+	if _, err := sock.Write(frameOf('p', 3)); err != nil {
+		t.Fatal(err)
+	}
+	for time.Now().Before(deadline.Add(time.Millisecond)) {
+		runtime.Gosched()
+	}
+	done, tried, err := sock.tryWrite(frameOf('e', 100), true)
+	if err != nil || !done || !tried {
+		t.Fatalf("tryWrite after the deadline passed: done %v tried %v err %v", done, tried, err)
+	}
+	want := append(frameOf('p', 3), frameOf('e', 100)...)
+	b := make([]byte, len(want))
+	if _, err := io.ReadFull(client, b); err != nil || !bytes.Equal(b, want) {
+		t.Fatalf("read %q (%v)", b, err)
+	}
+}
+
+// Once a socket is cut (closing), its deadline only comes nearer: the
+// writers' own deadlines do not extend it, and the direct path leaves the
+// frame to the blocking one, which fails at once.
+func TestCutSocketWaitsNoLonger(t *testing.T) {
+	sock, _ := socketPair(t)
+	if _, _, err := sock.tryWrite(frameOf('a', 1<<20), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := sock.cut(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := sock.finish(time.Minute)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("finish on a cut socket: %v, want a timeout", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Fatalf("finish waited %v on a cut socket", waited)
+	}
+	if done, _, err := sock.tryWrite(frameOf('b', 10), true); done || err == nil {
+		t.Fatalf("tryWrite on a broken socket: done %v err %v", done, err)
+	}
+}
+
+// The frames built once per event are what a WebSocket client reads,
+// at every size of length field (7, 16 and 64 bits): gorilla's client
+// reads them off a real socket.
+func TestWireFramesReadByGorilla(t *testing.T) {
+	sizes := []int{0, 1, 125, 126, 127, 65535, 65536, 200000}
+	up := websocket.Upgrader{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		for _, n := range sizes {
+			if _, err := ws.UnderlyingConn().Write(newFrame(bytes.Repeat([]byte{'z'}, n)).wire); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, n := range sizes {
+		typ, msg, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("read the frame of %d bytes: %v", n, err)
+		}
+		if typ != websocket.TextMessage || len(msg) != n || bytes.Count(msg, []byte{'z'}) != n {
+			t.Fatalf("frame of %d bytes read as type %d with %d bytes", n, typ, len(msg))
+		}
+	}
+}
