@@ -34,7 +34,7 @@ import (
 // before it closes the socket, so such a close frame is not lost.
 type corkConn struct {
 	net.Conn
-	raw syscall.RawConn // the descriptor, for tryWrite; nil when the socket has none
+	raw *rawWriter // the descriptor, for tryWrite; nil when the socket has none
 
 	mu      sync.Mutex
 	corked  bool
@@ -108,7 +108,7 @@ func (c *corkConn) tryWrite(b []byte, shared bool) (done, tried bool, err error)
 	if c.corked || len(c.partial) > 0 {
 		return false, false, nil
 	}
-	n, err := rawWrite(c.raw, b)
+	n, err := c.raw.Write(b)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return false, false, nil // being cut: the blocking path tells
 	}
@@ -261,7 +261,9 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.conn = &corkConn{Conn: nc}
 	if sc, ok := nc.(syscall.Conn); ok {
-		w.conn.raw, _ = sc.SyscallConn() // without it, every write takes the blocking path
+		if rc, err := sc.SyscallConn(); err == nil {
+			w.conn.raw = newRawWriter(rc) // without it, every write takes the blocking path
+		}
 	}
 	return w.conn, brw, nil
 }

@@ -7,29 +7,46 @@ import (
 	"syscall"
 )
 
-// rawWrite makes one write(2) of b into the socket, never waiting for room:
-// it returns how much the socket took (0 when it is full).
-func rawWrite(rc syscall.RawConn, b []byte) (int, error) {
-	var (
-		n    int
-		werr error
-	)
-	err := rc.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), b)
-			if !errors.Is(werr, syscall.EINTR) {
-				return true // done, whatever happened: never park for room
-			}
+// rawWriter makes one write(2) into a socket that never waits for room.
+// It is made once per connection: a closure per write would be an
+// allocation per delivery.
+type rawWriter struct {
+	rc  syscall.RawConn
+	b   []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func newRawWriter(rc syscall.RawConn) *rawWriter {
+	w := &rawWriter{rc: rc}
+	w.fn = w.write
+	return w
+}
+
+func (w *rawWriter) write(fd uintptr) bool {
+	for {
+		w.n, w.err = syscall.Write(int(fd), w.b)
+		if !errors.Is(w.err, syscall.EINTR) {
+			return true // done, whatever happened: never park for room
 		}
-	})
+	}
+}
+
+// Write returns how much of b the socket took (0 when it is full). Call it
+// from one goroutine at a time (corkConn's lock).
+func (w *rawWriter) Write(b []byte) (int, error) {
+	w.b = b
+	err := w.rc.Write(w.fn)
+	w.b = nil
 	if err != nil {
 		return 0, err // closed, or past its write deadline
 	}
-	if errors.Is(werr, syscall.EAGAIN) {
+	if errors.Is(w.err, syscall.EAGAIN) {
 		return 0, nil
 	}
-	if werr != nil {
-		return 0, werr
+	if w.err != nil {
+		return 0, w.err
 	}
-	return n, nil
+	return w.n, nil
 }
