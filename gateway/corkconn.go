@@ -21,16 +21,14 @@ import (
 // later write sends first, so a frame is never cut by another (a pong from
 // gorilla, say); the connection's blocking writer (wsConn.drain) finishes it.
 //
-// While it is corked,
-// writes are gathered in a buffer and go out in one system call when it is
-// uncorked, or when the buffer holds corkFlushBytes. The connection's
-// writer corks while it writes what it took from its queue, so frames
-// queued together cost one write(2) instead of one each: on this kind of
-// virtual machine the system call is most of what a delivery costs. Each
-// frame stays a frame of its own (the client sees no difference), whole
-// and in order: gorilla serializes its writes, and the buffer keeps their
-// order. A frame written by another goroutine meanwhile (a close frame, a
-// pong) joins the buffer behind the others; Close flushes the buffer
+// While it is corked, writes are gathered in a buffer and go out in one
+// system call when it is uncorked, or when the buffer holds corkFlushBytes.
+// The attach corks while it writes the connected frame and the replay
+// through gorilla, so a replay of many events costs a few write(2) rather
+// than one each: on this kind of virtual machine the system call is most
+// of what a delivery costs. Each frame stays a frame of its own, whole and
+// in order. A frame written by another goroutine meanwhile (a close frame,
+// a pong) joins the buffer behind the others; Close flushes the buffer
 // before it closes the socket, so such a close frame is not lost.
 type corkConn struct {
 	net.Conn

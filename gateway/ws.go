@@ -34,10 +34,15 @@ import (
 // up front; and keeps gorilla's default 4 KiB read and write buffers. Here
 // the handler returns right after the upgrade (the read loop runs in a
 // goroutine of its own, so net/http frees its buffers and the request),
-// gorilla gets small buffers, the queue is a slice that a writer goroutine
-// drains only while it holds frames, and that writer sends all it took in
-// one write(2) (see wsConn and corkConn). The flow control is the hub's
-// (credit, lagging clients pulling from the window), as it was with melody.
+// gorilla gets small buffers, and the queue is a slice. Events are not
+// written through gorilla: each event's frame is built once, header
+// included, and a few fan-out workers shared by all connections write it
+// straight into every socket that has room, with everything else queued
+// for that socket in the same write(2); only a socket without room gets a
+// goroutine of its own until it drains (see fanout, wsConn and corkConn).
+// gorilla still does the handshake, the reading, and the control frames.
+// The flow control is the hub's (credit, lagging clients pulling from the
+// window), as it was with melody.
 type wsTransport struct {
 	hub          *Hub
 	auth         *Auth

@@ -288,9 +288,8 @@ func (c *wsConn) reset(reason string, head notify.Position) error {
 // close sends the close frame directly (WriteControl is safe beside the
 // writer, and the queue may be full) and closes the socket; the read loop
 // then ends and cleans up. The writer stops after the frame it is writing.
-// WriteControl first waits for gorilla's write lock, which the writer
-// holds while a frame is stuck in a full socket (the usual state of a slow
-// client). A slow client's close waits as long as that frame may take:
+// The close frame first waits for the socket, which the writer holds
+// while a frame is stuck in it (the usual state of a slow client). A slow client's close waits as long as that frame may take:
 // giving up sooner would cut the frame short and the client would see an
 // abnormal closure, not 4008. At shutdown a stalled client gets a second,
 // so it cannot hold up the exit.
@@ -302,11 +301,13 @@ func (c *wsConn) close(code int, reason string) {
 		wait = c.t.writeTimeout
 	}
 	deadline := time.Now().Add(wait)
-	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline)
-	// The close frame may wait in the writer's gathered frames (corkConn),
-	// which Close flushes: a write still stuck gives up at the same
-	// deadline, so Close cannot wait longer.
+	// Cut first: a write stuck in the socket (the writer's, or the rest of
+	// a frame) gives up at the deadline, and the close frame, which waits
+	// for it, cannot be held up longer either. The close frame may also
+	// wait among the attach's gathered frames (corkConn), which Close
+	// flushes under the same deadline.
 	_ = c.sock.cut(deadline)
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline)
 	_ = c.ws.Close()
 }
 

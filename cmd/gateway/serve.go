@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -157,22 +158,33 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 			MaxAge: cfg.Retention, MaxEvents: cfg.RetentionEvents, Pruned: srv.Hub().Trim}
 		g.Go(func() error { return pruner.Run(gctx) })
 	}
+	lnOnce := &closeOnce{Listener: ln}
 	g.Go(func() error {
 		logger.Info("serving", "addr", ln.Addr().String())
-		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve http: %w", err)
+		err := httpSrv.Serve(lnOnce)
+		if errors.Is(err, http.ErrServerClosed) || gctx.Err() != nil && errors.Is(err, net.ErrClosed) {
+			return nil
 		}
-		return nil
+		return fmt.Errorf("serve http: %w", err)
 	})
 	g.Go(func() error {
 		<-gctx.Done()
 		logger.Info("shutting down")
+		// New connections are refused from now on. The clients closed below
+		// reconnect at once: refused, they go to another replica or wait for
+		// the next process, rather than costing this one a handshake and an
+		// answer of 503, and keeping it from exiting while they do.
+		_ = lnOnce.Close()
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown)
 		defer cancel()
+		start := time.Now()
+		clients := srv.Hub().Len()
 		srv.Close(sctx)
+		logger.Info("clients disconnected", "clients", clients, "took", time.Since(start).Round(time.Millisecond).String())
 		if err := httpSrv.Shutdown(sctx); err != nil {
 			httpSrv.Close()
 		}
+		logger.Info("http server stopped", "took", time.Since(start).Round(time.Millisecond).String())
 		return nil
 	})
 	return g.Wait()
@@ -237,4 +249,17 @@ func serveMetrics(ctx context.Context, logger *slog.Logger, addr string, h http.
 		return fmt.Errorf("serve metrics: %w", err)
 	}
 	return nil
+}
+
+// closeOnce lets shutdown close the listener before http.Server.Shutdown
+// does it again: the second Close answers as the first did.
+type closeOnce struct {
+	net.Listener
+	once sync.Once
+	err  error
+}
+
+func (l *closeOnce) Close() error {
+	l.once.Do(func() { l.err = l.Listener.Close() })
+	return l.err
 }
