@@ -48,6 +48,7 @@ type Config struct {
 	HandshakeTimeout time.Duration `env:"GATEWAY_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"Deadline for writing the WebSocket upgrade answer (101) to the client."`
 	IdleTimeout      time.Duration `env:"GATEWAY_IDLE_TIMEOUT" envDefault:"2m" help:"How long a keep-alive HTTP connection may wait for its next request before it is closed."`
 	MaxHeaderBytes   int           `env:"GATEWAY_MAX_HEADER_BYTES" envDefault:"32768" help:"Largest request line plus headers, in bytes (Go allows 4 KiB over it); a larger request gets 431."`
+	Compression      bool          `env:"GATEWAY_WS_COMPRESSION" envDefault:"false" help:"Offer permessage-deflate to WebSocket clients that ask for it (browsers do). Each event is compressed once for all of them (no context takeover): CPU per event, fewer bytes per delivery. Off by default: next to the backend and its proxy, bandwidth is cheap and CPU is not."`
 	SendBuffer       int           `env:"GATEWAY_SOCKET_SEND_BUFFER" envDefault:"0" help:"Kernel send buffer (SO_SNDBUF) of each client socket, in bytes; 0 leaves it to the OS, which grows it up to net.ipv4.tcp_wmem's maximum (4 MiB by default). A smaller one bounds the kernel memory a stalled client pins and lets the gateway notice it sooner."`
 
 	ReplayEvents    int           `env:"GATEWAY_REPLAY_EVENTS" envDefault:"10000" help:"Events kept in memory for resuming clients; older positions are read from the event log table."`

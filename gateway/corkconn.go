@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -39,6 +40,8 @@ type corkConn struct {
 	buf     *[]byte     // from corkBufs while corked
 	partial []byte      // the rest of a frame tryWrite could not finish
 	isCut   atomic.Bool // closing: write deadlines only come nearer
+	answer  bool        // the next write is gorilla's answer to the upgrade
+	deflate bool        // that answer agreed to permessage-deflate
 	err     error       // the first failed write: the socket is broken
 }
 
@@ -50,6 +53,12 @@ var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8192); return &b
 func (c *corkConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.answer {
+		// gorilla negotiates compression and says so only in its answer,
+		// which it writes in one piece: read its decision there.
+		c.answer = false
+		c.deflate = bytes.Contains(b, []byte("\r\nSec-WebSocket-Extensions: permessage-deflate"))
+	}
 	if err := c.settle(); err != nil {
 		return 0, err
 	}
@@ -257,7 +266,7 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = &corkConn{Conn: nc}
+	w.conn = &corkConn{Conn: nc, answer: true}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			w.conn.raw = newRawWriter(rc) // without it, every write takes the blocking path

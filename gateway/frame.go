@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"encoding/json"
 	"sync"
@@ -15,6 +17,11 @@ type entry struct {
 	notify.Event
 	frame []byte // the JSON object: a WebSocket text frame's payload, and SSE data
 	wire  []byte // frame as a whole WebSocket frame, header included
+
+	// wire compressed (permessage-deflate, no context takeover), built by
+	// the first connection that negotiated compression and shared by all.
+	zOnce sync.Once
+	zwire []byte
 	sse   []byte // the whole SSE block (id, event, data lines)
 
 	// The row's top-level values in canonical form, decoded on first use:
@@ -72,6 +79,41 @@ func newEntry(ev notify.Event) *entry {
 	e.frame = b[wsHeadroom:]
 	e.sse = sseBlock(id, ev.Type, e.frame)
 	return e
+}
+
+// deflated returns the event's frame compressed for a connection that
+// negotiated permessage-deflate: the same bytes for every such connection,
+// since no compression context carries over from one message to the next.
+// When compressing does not make it smaller, it is the plain frame (a
+// message may always go uncompressed).
+func (e *entry) deflated() []byte {
+	e.zOnce.Do(func() { e.zwire = deflateFrame(e.frame, e.wire) })
+	return e.zwire
+}
+
+var flaters = sync.Pool{New: func() any {
+	w, _ := flate.NewWriter(nil, flate.BestSpeed) // the level is valid: no error
+	return w
+}}
+
+// deflateTail ends every flushed deflate stream; RFC 7692 (7.2.1) has the
+// sender leave it out.
+var deflateTail = []byte{0, 0, 0xff, 0xff}
+
+func deflateFrame(payload, plain []byte) []byte {
+	buf := bytes.NewBuffer(make([]byte, wsHeadroom, wsHeadroom+len(payload)/2+32))
+	w := flaters.Get().(*flate.Writer)
+	w.Reset(buf)
+	_, werr := w.Write(payload)
+	ferr := w.Flush()
+	flaters.Put(w)
+	b := buf.Bytes()
+	if werr != nil || ferr != nil || !bytes.HasSuffix(b, deflateTail) || len(b)-len(deflateTail) >= len(plain) {
+		return plain
+	}
+	f := framed(b[:len(b)-len(deflateTail)])
+	f[0] |= 0x40 // RSV1: the message is compressed
+	return f
 }
 
 // newFrame makes an entry of one of the transport's own frames (pong,

@@ -130,10 +130,13 @@ var benchServers = []struct {
 
 // startOurs serves the gateway's routes with its defaults, without
 // authentication or limits on connection counts.
-func startOurs(tb testing.TB) benchServer {
+func startOurs(tb testing.TB) benchServer { return startOursWith(tb, false) }
+
+// startOursWith is startOurs with GATEWAY_WS_COMPRESSION as compress says.
+func startOursWith(tb testing.TB, compress bool) benchServer {
 	s := New(slog.New(slog.DiscardHandler), nil, nil, Options{Window: 10000, SendQueue: 256, WriteTimeout: 10 * time.Second,
 		MaxMessageBytes: 4096, MessageRate: 2, MessageBurst: 20, HeaderTimeout: 10 * time.Second,
-		HandshakeTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32768})
+		HandshakeTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32768, Compression: compress})
 	s.Hub().Load(nil, notify.Position{}, true)
 	srv := s.HTTPServer()
 	url := serveBench(tb, srv)
@@ -184,17 +187,22 @@ func serveBench(tb testing.TB, srv *http.Server) string {
 func BenchmarkFanOut(b *testing.B) {
 	for _, n := range benchConns(1000, 10000) {
 		for _, impl := range benchServers {
-			for _, mode := range []string{"single", "batch"} {
-				if impl.name == "melody" && mode == "batch" {
-					continue // melody has one frame per message
+			for _, mode := range []string{"single", "batch", "deflate"} {
+				if impl.name == "melody" && mode != "single" {
+					continue // melody has one frame per message, and our benchmark melody no compression
 				}
 				b.Run(fmt.Sprintf("conns=%d/%s/%s", n, impl.name, mode), func(b *testing.B) {
-					srv := impl.start(b)
+					var srv benchServer
+					if mode == "deflate" {
+						srv = startOursWith(b, true)
+					} else {
+						srv = impl.start(b)
+					}
 					q := ""
 					if mode == "batch" {
 						q = "?batch=1"
 					}
-					child := startBenchClients(b, srv.url+q, n)
+					child := startBenchClients(b, srv.url+q, n, mode == "deflate")
 					fanOut(b, srv, child, n)
 				})
 			}
@@ -265,7 +273,7 @@ func BenchmarkIdleConn(b *testing.B) {
 				srv := impl.start(b)
 				heap0, stack0 := memInUse()
 				g0 := runtime.NumGoroutine()
-				child := startBenchClients(b, srv.url, n)
+				child := startBenchClients(b, srv.url, n, false)
 				// The handshakes' goroutines may still be ending: wait (a
 				// bounded while) until the count stops falling.
 				prev := runtime.NumGoroutine()

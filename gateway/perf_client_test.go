@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -29,6 +30,9 @@ import (
 // its stdin closes.
 const benchClientEnv = "RTGW_BENCH_CLIENT"
 
+// benchDeflateEnv makes the client process offer permessage-deflate.
+const benchDeflateEnv = "RTGW_BENCH_DEFLATE"
+
 // benchStride is the granularity of the clients' acknowledgements
 // (RTGW_BENCH_STRIDE; the child inherits it).
 var benchStride = benchEnvInt("RTGW_BENCH_STRIDE", 16)
@@ -42,10 +46,13 @@ type benchClients struct {
 	exited chan error
 }
 
-func startBenchClients(tb testing.TB, url string, n int) *benchClients {
+func startBenchClients(tb testing.TB, url string, n int, deflate bool) *benchClients {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestWSBenchClient$", "-test.bench=^$", "-test.count=1")
 	cmd.Env = append(os.Environ(), benchClientEnv+"="+url+" "+strconv.Itoa(n))
+	if deflate {
+		cmd.Env = append(cmd.Env, benchDeflateEnv+"=1")
+	}
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -210,6 +217,26 @@ type benchConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	buf  []byte
+
+	zipped bool          // the last frame is compressed (permessage-deflate)
+	zr     io.ReadCloser // inflates it
+	zbuf   bytes.Buffer
+}
+
+// inflate decompresses a permessage-deflate payload (RFC 7692: the sender
+// left out the flush's empty block, which the reader appends).
+func (c *benchConn) inflate(p []byte) ([]byte, error) {
+	src := io.MultiReader(bytes.NewReader(p), bytes.NewReader([]byte{0, 0, 0xff, 0xff, 1, 0, 0, 0xff, 0xff}))
+	if c.zr == nil {
+		c.zr = flate.NewReader(src)
+	} else if err := c.zr.(flate.Resetter).Reset(src, nil); err != nil {
+		return nil, err
+	}
+	c.zbuf.Reset()
+	if _, err := c.zbuf.ReadFrom(c.zr); err != nil {
+		return nil, err
+	}
+	return c.zbuf.Bytes(), nil
 }
 
 // dialBench opens socket i, spreading the sockets over several loopback
@@ -221,7 +248,11 @@ func dialBench(u *url.URL, i int) (*benchConn, error) {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	req := "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+	if os.Getenv(benchDeflateEnv) != "" {
+		req += "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+	}
+	req += "\r\n"
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := io.WriteString(conn, req); err != nil {
 		conn.Close()
@@ -255,6 +286,7 @@ func (c *benchConn) frame() (byte, []byte, error) {
 	if h[0]&0x80 == 0 || h[1]&0x80 != 0 {
 		return 0, nil, errors.New("fragmented or masked frame")
 	}
+	c.zipped = h[0]&0x40 != 0
 	switch n {
 	case 126:
 		if _, err := io.ReadFull(c.br, h[:2]); err != nil {
@@ -292,6 +324,12 @@ func (c *benchConn) count(a *benchAcks) {
 		}
 		if op != 1 {
 			continue
+		}
+		if c.zipped {
+			if p, err = c.inflate(p); err != nil {
+				c.err.Store(fmt.Sprintf("inflate: %v", err))
+				return
+			}
 		}
 		k := 0
 		switch {

@@ -40,6 +40,7 @@ type Options struct {
 	IdleTimeout      time.Duration  // keep-alive connections between requests
 	MaxHeaderBytes   int            // request line and headers
 	SendBuffer       int            // SO_SNDBUF of client sockets; 0: the OS's
+	Compression      bool           // offer permessage-deflate; each event compressed once
 
 	OpsToken     string  // token for /ops; empty: the app's access token, or open without auth
 	MetricsRoute bool    // serve /metrics on Handler (else the caller serves MetricsHandler elsewhere, or not at all)

@@ -98,6 +98,10 @@ func newWS(hub *Hub, logger *slog.Logger, opt Options, addrs *addrSlots) *wsTran
 		// Only bounds writing the 101 answer: the request's headers are
 		// bounded by the server's ReadHeaderTimeout.
 		HandshakeTimeout: opt.HandshakeTimeout,
+		// Off by default; on, gorilla agrees to permessage-deflate without
+		// context takeover, so an event compresses the same for every
+		// connection and is compressed once (entry.deflated).
+		EnableCompression: opt.Compression,
 	}
 	return t
 }
@@ -151,7 +155,7 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t.log.Debug("websocket upgrade", "err", err)
 		return
 	}
-	c.ws, c.sock = ws, cw.conn
+	c.ws, c.sock, c.zip = ws, cw.conn, cw.conn.deflate
 	// The handler returns now, so that net/http lets go of the request and
 	// its per-connection buffers; the connection lives on in its reader.
 	// The attach has a context of its own: the request's ends with the

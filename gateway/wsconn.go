@@ -39,6 +39,7 @@ type wsConn struct {
 	addr   netip.Addr      // the client's address, for the per-address limit
 	rate   *rate.Limiter   // the client's messages
 	batch  bool            // ?batch=1: events queued together go out as one frame
+	zip    bool            // it negotiated permessage-deflate: events go compressed
 	cut    atomic.Bool     // closed for breaking a limit: ignore what it sent after
 	why    closeTag        // metrics: why it ended
 	cancel context.CancelFunc
@@ -196,11 +197,11 @@ func (c *wsConn) drain(batch []*entry, written bool) {
 // entry's own bytes (shared true); anything else is built in dst.
 func (c *wsConn) assemble(batch []*entry, dst []byte) (b []byte, shared bool) {
 	if len(batch) == 1 {
-		return batch[0].wire, true
+		return c.wireOf(batch[0]), true
 	}
 	if !c.batch {
 		for _, e := range batch {
-			dst = append(dst, e.wire...)
+			dst = append(dst, c.wireOf(e)...)
 		}
 		return dst, false
 	}
@@ -213,8 +214,9 @@ func (c *wsConn) assemble(batch []*entry, dst []byte) (b []byte, shared bool) {
 			}
 		}
 		if j == i+1 {
-			dst = append(dst, batch[i].wire...)
+			dst = append(dst, c.wireOf(batch[i])...)
 		} else {
+			// An array is this connection's own: it goes uncompressed.
 			dst = append(appendHeader(dst, size+2), '[')
 			for k, e := range batch[i:j] {
 				if k > 0 {
@@ -227,6 +229,16 @@ func (c *wsConn) assemble(batch []*entry, dst []byte) (b []byte, shared bool) {
 		i = j
 	}
 	return dst, false
+}
+
+// wireOf is e's frame as this connection sends it alone: compressed when
+// it negotiated compression and e is an event (the transport's own frames
+// are small, and each connection's own).
+func (c *wsConn) wireOf(e *entry) []byte {
+	if c.zip && e.isEvent() {
+		return e.deflated()
+	}
+	return e.wire
 }
 
 // batchBufs are the buffers the connections' own writers assemble in.

@@ -67,6 +67,30 @@ var browserGatewayEnv = []string{
 // A row inserted with SQL appears on the page over the WebSocket; client
 // pings get pongs, check_online is answered, /ws/status counts the tab, and
 // /ws/disconnect closes it (1000), after which the client reconnects.
+// Chromium offers permessage-deflate; with GATEWAY_WS_COMPRESSION on, the
+// gateway agrees (through nginx), and the page reads the events it
+// compressed once for every such client.
+func TestBrowserCompressedEvents(t *testing.T) {
+	env := newBrowserEnvWith(t, []string{"GATEWAY_WS_COMPRESSION=true"})
+	p := env.open(t, env.pageURL())
+	p.waitFor(t, "the socket to open", `__rt.state === 'open'`, 10*time.Second)
+	ext, err := chromedp.Run(p.ctx, chromedp.Evaluate[string](`__rt.ws.extensions`))
+	if err != nil {
+		t.Fatalf("read the socket's extensions: %v", err)
+	}
+	if !strings.Contains(ext, "permessage-deflate") {
+		t.Fatalf("the browser's socket negotiated %q, want permessage-deflate", ext)
+	}
+	desc := strings.Repeat("groceries ", 2000)
+	id := env.db.queryInt(t, `INSERT INTO facts (amount, fact_date, description) VALUES (1500, '2026-01-05', $1) RETURNING id`, desc)
+	p.waitFor(t, "the fact's row", fmt.Sprintf(`document.querySelector('#events li[data-row="%d"]')`, id), 10*time.Second)
+	rows := p.rows(t)
+	want := fmt.Sprintf("fact %d created: 1500 on 2026-01-05 (%s)", id, desc)
+	if len(rows) != 1 || rows[0].Type != "budget_fact_created" || rows[0].Via != "ws" || rows[0].Text != want {
+		t.Fatalf("rows %.300v, want one budget_fact_created via ws with the whole description", rows)
+	}
+}
+
 func TestBrowserEventOverWebSocket(t *testing.T) {
 	env := newBrowserEnv(t)
 	p := env.open(t, env.pageURL())
@@ -384,9 +408,15 @@ type browserEnv struct {
 
 func newBrowserEnv(t *testing.T, nginxOpts ...nginxOption) *browserEnv {
 	t.Helper()
+	return newBrowserEnvWith(t, nil, nginxOpts...)
+}
+
+// newBrowserEnvWith is newBrowserEnv with more gateway settings.
+func newBrowserEnvWith(t *testing.T, gwEnv []string, nginxOpts ...nginxOption) *browserEnv {
+	t.Helper()
 	requireBrowser(t)
 	env := &browserEnv{db: newTestDB(t), gwAddr: pickAddr(t)}
-	env.gw = startGatewayAt(t, env.db, env.gwAddr, browserGatewayEnv...)
+	env.gw = startGatewayAt(t, env.db, env.gwAddr, append(slices.Clone(browserGatewayEnv), gwEnv...)...)
 	env.nginx = startNginxServer(t, env.gwAddr, nginxOpts...)
 	env.site = env.nginx.base
 	env.browser = startBrowser(t)

@@ -118,6 +118,7 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 		IdleTimeout:      cfg.IdleTimeout,
 		MaxHeaderBytes:   cfg.MaxHeaderBytes,
 		SendBuffer:       cfg.SendBuffer,
+		Compression:      cfg.Compression,
 		OpsToken:         cfg.OpsToken,
 		MetricsRoute:     cfg.MetricsAddr == "",
 		Sources: gateway.Sources{
