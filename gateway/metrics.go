@@ -106,6 +106,7 @@ type metrics struct {
 	disconnects *prometheus.CounterVec
 	replays     *prometheus.CounterVec
 	resets      *prometheus.CounterVec
+	full        prometheus.Counter
 }
 
 func newMetrics(s *Server, src Sources) *metrics {
@@ -129,7 +130,11 @@ func newMetrics(s *Server, src Sources) *metrics {
 		Name: "rtgw_resets_total",
 		Help: "Resumes answered with a reset frame, by reason (expired, unknown, invalid).",
 	}, []string{"reason"})
-	m.reg.MustRegister(lag, m.disconnects, m.replays, m.resets)
+	m.full = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rtgw_ws_socket_full_total",
+		Help: "WebSocket writes that found the client's socket full (its kernel send buffer), so that a writer of the connection's own waited for room: slow clients, or a congested network. Nothing is lost; the send queue, the replay window and 4008 apply as usual.",
+	})
+	m.reg.MustRegister(lag, m.disconnects, m.replays, m.resets, m.full)
 	for i, name := range transportNames {
 		// Children are resolved once: an observation is then a few atomic
 		// operations, with no label lookup.
@@ -256,6 +261,13 @@ func (m *metrics) deliveredAll(tr transport, evs []*entry) {
 	}
 	for _, e := range evs {
 		m.delivered1(tr, e.Time)
+	}
+}
+
+// socketFull counts a WebSocket write that found the socket without room.
+func (m *metrics) socketFull() {
+	if m != nil {
+		m.full.Inc()
 	}
 }
 

@@ -146,6 +146,7 @@ func (c *wsConn) push(buf *[]byte) {
 	case !done:
 		// tried: the socket took part of it, the rest waits in the socket;
 		// not tried: nothing was written.
+		c.t.metrics.socketFull()
 		go c.drain(batch, tried)
 	default:
 		c.wroteAll(batch)

@@ -126,7 +126,7 @@ func TestMetricsFollowTheGateway(t *testing.T) {
 		metric("rtgw_connections", 0, "transport", "ws"), metric("rtgw_connections", 0, "transport", "sse"), metric("rtgw_connections", 0, "transport", "poll"),
 		metric("rtgw_events_received_total", 0), metric("rtgw_listen_up", 1), metric("rtgw_ready", 1), metric("rtgw_listen_reconnects_total", 0),
 		metric("rtgw_db_stats_up", 1), metric("rtgw_log_pending_events", 0),
-		metric("rtgw_disconnects_total", 0, "transport", "ws", "reason", "slow"))
+		metric("rtgw_disconnects_total", 0, "transport", "ws", "reason", "slow"), metric("rtgw_ws_socket_full_total", 0))
 	if q, ok := s.value("rtgw_pg_notification_queue_usage"); !ok || q < 0 || q > 1 {
 		t.Fatalf("rtgw_pg_notification_queue_usage = %v (present %v), want a fraction", q, ok)
 	}
@@ -269,8 +269,13 @@ func TestMetricsFollowTheGateway(t *testing.T) {
 	if ce, ok := readErr.(*websocket.CloseError); !ok || ce.Code != 4008 {
 		t.Fatalf("slow client: ended with %v, want close 4008", readErr)
 	}
-	waitMetrics(t, url, metric("rtgw_disconnects_total", 1, "transport", "ws", "reason", "slow"),
+	s = waitMetrics(t, url, metric("rtgw_disconnects_total", 1, "transport", "ws", "reason", "slow"),
 		metric("rtgw_connections", 1, "transport", "ws"))
+	// Its socket filled before it fell out of the window: the writes that
+	// found it full were counted.
+	if n, ok := s.value("rtgw_ws_socket_full_total"); !ok || n < 1 {
+		t.Errorf("rtgw_ws_socket_full_total = %v (present %v) after a client stopped reading, want at least 1", n, ok)
+	}
 }
 
 // pending commits one article_created event straight into the log with
