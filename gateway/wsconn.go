@@ -104,26 +104,50 @@ func (c *wsConn) startWriter() {
 	}
 }
 
-// take hands the writer what is queued, or ends its turn (writing false)
-// when nothing is. done is the batch it wrote last, emptied and kept for
-// the next.
+// take hands the writer what is queued, or ends its turn when nothing is.
+// done is the batch it wrote last, kept for the next.
 func (c *wsConn) take(done []*entry) []*entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if done != nil {
-		clear(done) // the entries may leave the window; do not pin them
-		c.spare = done[:0]
-	}
-	if c.closed || len(c.q) == 0 {
-		c.writing = false
-		if cap(c.q) > 64 {
-			c.q, c.spare = nil, nil // a burst's queue goes back to the heap
-		}
+	c.recycle(done)
+	if c.idle() {
 		return nil
 	}
 	batch := c.q
 	c.q, c.spare = c.spare, nil
 	return batch
+}
+
+// more recycles the batch the fan-out wrote and reports whether frames were
+// queued meanwhile; if not, the writer's turn ends.
+func (c *wsConn) more(done []*entry) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recycle(done)
+	return !c.idle()
+}
+
+// recycle empties a written batch and keeps it for the queue to reuse.
+// Call with mu held.
+func (c *wsConn) recycle(done []*entry) {
+	if done != nil {
+		clear(done) // the entries may leave the window; do not pin them
+		c.spare = done[:0]
+	}
+}
+
+// idle ends the writer's turn (writing false) when nothing is queued or
+// the connection is closing; a burst's queues then go back to the heap, so
+// an idle connection does not keep them. Call with mu held.
+func (c *wsConn) idle() bool {
+	if !c.closed && len(c.q) > 0 {
+		return false
+	}
+	c.writing = false
+	if cap(c.q) > 64 || cap(c.spare) > 64 {
+		c.q, c.spare = nil, nil
+	}
+	return true
 }
 
 // push is the fan-out's turn at c: it writes what c has queued if the
@@ -154,20 +178,6 @@ func (c *wsConn) push(buf *[]byte) {
 			c.t.fan.schedule(c) // its next turn comes after the others'
 		}
 	}
-}
-
-// more recycles the batch the fan-out wrote and reports whether frames were
-// queued meanwhile; if not, the writer's turn ends.
-func (c *wsConn) more(done []*entry) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(done)
-	c.spare = done[:0]
-	if c.closed || len(c.q) == 0 {
-		c.writing = false
-		return false
-	}
-	return true
 }
 
 // drain is the connection's own writer, for a socket that had no room: it
