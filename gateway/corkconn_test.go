@@ -57,6 +57,11 @@ func socketPair(t *testing.T) (*corkConn, net.Conn) {
 	if cw.conn.raw == nil {
 		t.Fatal("a TCP socket must get the direct write path")
 	}
+	// Corked until the connected frame is written (wsTransport.connect):
+	// then it is an established connection's socket.
+	if err := cw.conn.uncork(); err != nil {
+		t.Fatal(err)
+	}
 	return sock.(*corkConn), client
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"runtime"
@@ -169,7 +168,7 @@ func startMelody(tb testing.TB) benchServer {
 }
 
 func serveBench(tb testing.TB, srv *http.Server) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := Listen(context.Background(), "127.0.0.1:0") // melody's too: the same sockets for both
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -260,6 +259,29 @@ func cpuTime(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkHandshake opens N WebSockets at once from a child process and
+// reports the server's CPU time per connection, from the first dial until
+// every socket has its first frame: the gateway's share of a reconnect storm
+// (accept, HTTP request, upgrade, connected frame). Each iteration opens N
+// new sockets and closes them after.
+func BenchmarkHandshake(b *testing.B) {
+	for _, n := range benchConns(1000) {
+		for _, impl := range benchServers {
+			b.Run(fmt.Sprintf("conns=%d/%s", n, impl.name), func(b *testing.B) {
+				srv := impl.start(b)
+				var cpu time.Duration
+				for range b.N {
+					cpu0 := cpuTime(b)
+					child := startBenchClients(b, srv.url, n, false)
+					cpu += cpuTime(b) - cpu0
+					child.close(b)
+				}
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/handshake")
+			})
+		}
+	}
 }
 
 // BenchmarkIdleConn opens N WebSockets that receive nothing after their

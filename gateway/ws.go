@@ -283,6 +283,12 @@ func (t *wsTransport) connect(ctx context.Context, c *wsConn) {
 	})
 	err := c.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))
 	if err == nil {
+		// The socket is corked since the upgrade: the answer to it and the
+		// connected frame go out now, in one write, and not behind a replay
+		// from the log, which may take a database read.
+		err = c.sock.uncork()
+	}
+	if err == nil {
 		// The replay is gathered into large writes too.
 		c.sock.cork()
 		err = t.hub.Attach(ctx, c.client, c.last, c.from, c)

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
+	"github.com/budget-rt/gateway/gateway"
 	"github.com/budget-rt/gateway/notify"
 	"github.com/budget-rt/gateway/notify/pgcluster"
 )
@@ -82,10 +82,10 @@ func demo(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 	if err := notify.InstallDemo(ctx, dbURL); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := gateway.Listen(ctx, addr)
 	if err != nil && !fixedAddr {
 		// Port 8080 is taken: any free port will do for a demo.
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		ln, err = gateway.Listen(ctx, "127.0.0.1:0")
 	}
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -1,0 +1,111 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The answer to the upgrade (101) and the connected frame leave the gateway
+// in one write: the client's socket receives them as one TCP segment (Go
+// sets TCP_NODELAY, so two writes would be two segments). A reconnect storm
+// is thousands of handshakes; each write is a system call on both sides.
+func TestUpgradeAnswerAndConnectedFrameInOneSegment(t *testing.T) {
+	srv := startOurs(t)
+	addr := strings.TrimPrefix(strings.TrimSuffix(srv.url, "/api/v1/budget/ws"), "ws://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	req := "GET /api/v1/budget/ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade answered %s", resp.Status)
+	}
+	// The first frame: an unmasked final text frame, its length in 7 or
+	// 7+16 bits.
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(br, hdr); err != nil {
+		t.Fatal(err)
+	}
+	n := int(hdr[1] & 0x7f)
+	if n == 126 {
+		ext := make([]byte, 2)
+		if _, err := io.ReadFull(br, ext); err != nil {
+			t.Fatal(err)
+		}
+		n = int(ext[0])<<8 | int(ext[1])
+	}
+	if hdr[0] != 0x81 || n > 4096 {
+		t.Fatalf("first frame header % x, length %d: want a final text frame", hdr, n)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(br, payload); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(payload, []byte(`"type":"connected"`)) {
+		t.Fatalf("first frame %s: want connected", payload)
+	}
+
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	var serr error
+	if err := raw.Control(func(fd uintptr) { info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	if info.Data_segs_in != 1 {
+		t.Fatalf("the 101 and the connected frame came in %d TCP segments, want 1 (one write)", info.Data_segs_in)
+	}
+}
+
+// Listen's sockets have no TCP keepalive (Go's default would set it up
+// with four system calls per accepted connection; see Listen).
+func TestListenWithoutKeepalive(t *testing.T) {
+	ln, err := Listen(t.Context(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on int
+	var serr error
+	if err := raw.Control(func(fd uintptr) { on, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	if on != 0 {
+		t.Fatal("an accepted socket has SO_KEEPALIVE on")
+	}
+}
