@@ -23,12 +23,13 @@ import (
 // gorilla, say); the connection's blocking writer (wsConn.drain) finishes it.
 //
 // While it is corked, writes are gathered in a buffer and go out in one
-// system call when it is uncorked, or when the buffer holds corkFlushBytes.
-// The attach corks while it writes the connected frame and the replay
-// through gorilla, so a replay of many events costs a few write(2) rather
-// than one each: on this kind of virtual machine the system call is most
-// of what a delivery costs. Each frame stays a frame of its own, whole and
-// in order. A frame written by another goroutine meanwhile (a close frame,
+// system call when it is flushed or uncorked, or when the buffer holds
+// corkFlushBytes. It is corked from the upgrade until the attach is done:
+// gorilla's answer (the 101) and the connected frame leave in one write,
+// then a replay of many events in a few rather than one each. On this kind
+// of virtual machine the system call is most of what a delivery, or a
+// handshake, costs. Each frame stays a frame of its own, whole and in
+// order. A frame written by another goroutine meanwhile (a close frame,
 // a pong) joins the buffer behind the others; Close flushes the buffer
 // before it closes the socket, so such a close frame is not lost.
 type corkConn struct {
@@ -84,6 +85,15 @@ func (c *corkConn) cork() {
 		c.buf = corkBufs.Get().(*[]byte)
 	}
 	c.mu.Unlock()
+}
+
+// flushGathered writes what was gathered and goes on gathering.
+func (c *corkConn) flushGathered() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.flush()
+	c.undeadline()
+	return err
 }
 
 // uncork writes what was gathered and stops gathering.
@@ -267,10 +277,7 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.conn = &corkConn{Conn: nc, answer: true}
-	// gorilla's answer (the 101) waits for the connected frame, and the two
-	// go out in one write: a system call less per connection, a handful of
-	// percent of a handshake (see wsTransport.connect).
-	w.conn.cork()
+	w.conn.cork() // until the attach is done (wsTransport.connect)
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			w.conn.raw = newRawWriter(rc) // without it, every write takes the blocking path

@@ -119,6 +119,7 @@ func benchConns(def ...int) []int {
 type benchServer struct {
 	url     string                   // ws://.../ without a query
 	publish func(evs []notify.Event) // one event after another, in order
+	conns   func() int               // connections the server still holds
 }
 
 // benchServers are the implementations each socket benchmark compares.
@@ -145,7 +146,7 @@ func startOursWith(tb testing.TB, compress bool) benchServer {
 		s.Close(ctx)
 		_ = srv.Close()
 	})
-	return benchServer{url: url + "/api/v1/budget/ws", publish: s.Hub().Publish}
+	return benchServer{url: url + "/api/v1/budget/ws", publish: s.Hub().Publish, conns: s.Hub().Len}
 }
 
 // startMelody is the baseline: a bare melody server that broadcasts each
@@ -160,7 +161,7 @@ func startMelody(tb testing.TB) benchServer {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = m.HandleRequest(w, r) })}
 	url := serveBench(tb, srv)
 	tb.Cleanup(func() { _ = m.Close(); _ = srv.Close() })
-	return benchServer{url: url + "/", publish: func(evs []notify.Event) {
+	return benchServer{url: url + "/", conns: m.Len, publish: func(evs []notify.Event) {
 		for _, ev := range evs {
 			_ = m.Broadcast(newEntry(ev).frame)
 		}
@@ -262,10 +263,13 @@ func cpuTime(tb testing.TB) time.Duration {
 }
 
 // BenchmarkHandshake opens N WebSockets at once from a child process and
-// reports the server's CPU time per connection, from the first dial until
-// every socket has its first frame: the gateway's share of a reconnect storm
-// (accept, HTTP request, upgrade, connected frame). Each iteration opens N
-// new sockets and closes them after.
+// reports the server's CPU time per connection, from starting the child
+// until every socket has its first frame: the gateway's share of a
+// reconnect storm (accept, HTTP request, upgrade, connected frame; and
+// starting the child, a little and the same for every server). Each
+// iteration opens N new sockets, closes them, and waits until the server
+// has let go of them, so that no iteration pays for the last one's
+// closing.
 func BenchmarkHandshake(b *testing.B) {
 	for _, n := range benchConns(1000) {
 		for _, impl := range benchServers {
@@ -277,6 +281,14 @@ func BenchmarkHandshake(b *testing.B) {
 					child := startBenchClients(b, srv.url, n, false)
 					cpu += cpuTime(b) - cpu0
 					child.close(b)
+					// No signal says the server is done closing: poll, a
+					// bounded while.
+					for i := 0; srv.conns() > 0; i++ {
+						if i == 10000 {
+							b.Fatalf("the server still holds %d connections 10 s after the clients closed", srv.conns())
+						}
+						time.Sleep(time.Millisecond)
+					}
 				}
 				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/handshake")
 			})

@@ -285,12 +285,11 @@ func (t *wsTransport) connect(ctx context.Context, c *wsConn) {
 	if err == nil {
 		// The socket is corked since the upgrade: the answer to it and the
 		// connected frame go out now, in one write, and not behind a replay
-		// from the log, which may take a database read.
-		err = c.sock.uncork()
+		// from the log, which may take a database read. The replay is
+		// gathered into large writes too.
+		err = c.sock.flushGathered()
 	}
 	if err == nil {
-		// The replay is gathered into large writes too.
-		c.sock.cork()
 		err = t.hub.Attach(ctx, c.client, c.last, c.from, c)
 		if ferr := c.sock.uncork(); err == nil {
 			err = ferr
