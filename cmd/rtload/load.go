@@ -206,7 +206,11 @@ func newClients(o options, clk clock, sc *scanner, prog *progress) ([]*client, e
 		}
 		var tr transport
 		if i < o.ws {
-			tr = newWSTransport(o.url, token, o.batch, src)
+			ws, err := newWSTransport(o.url, token, o.batch, src)
+			if err != nil {
+				return nil, err
+			}
+			tr = ws
 		} else {
 			base, ok := sseBy[src]
 			if !ok {

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// wsPeer is a WebSocket server written out byte by byte, on a real
+// loopback socket, so that the test decides where the tool's reads find
+// frame boundaries: the 101 and the first frame leave in one write, as
+// the gateway sends them.
+type wsPeer struct {
+	ln      net.Listener
+	answer  func(key string) string // the handshake answer
+	afterOK []byte                  // sent in the same write as a 101
+	conns   chan net.Conn
+	targets chan string
+}
+
+func newWSPeer(t *testing.T, answer func(key string) string, afterOK []byte) *wsPeer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &wsPeer{ln: ln, answer: answer, afterOK: afterOK, conns: make(chan net.Conn, 4), targets: make(chan string, 4)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			req, err := http.ReadRequest(bufio.NewReader(c))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			a := p.answer(req.Header.Get("Sec-WebSocket-Key"))
+			out := []byte(a)
+			if len(a) > 12 && a[9:12] == "101" {
+				out = append(out, p.afterOK...)
+			}
+			if _, err := c.Write(out); err != nil {
+				c.Close()
+				continue
+			}
+			p.targets <- req.URL.RequestURI()
+			p.conns <- c
+		}
+	}()
+	return p
+}
+
+func switching(key string) string {
+	return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
+		acceptKey(key) + "\r\n\r\n"
+}
+
+// exchange plays the rest of allWire to the client on c: the ping it
+// holds is answered before the close is sent.
+func exchange(t *testing.T, c net.Conn) {
+	t.Helper()
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	first := len(frame(true, 1, []byte(`{"type":"connected"}`)))
+	closeAt := len(allWire) - len(frame(true, 8, []byte{0x03, 0xe9})) - len(frame(true, 1, []byte("after the close")))
+	if _, err := c.Write(allWire[first:closeAt]); err != nil {
+		t.Errorf("write frames: %v", err)
+		return
+	}
+	pong := make([]byte, 8)
+	if _, err := io.ReadFull(c, pong); err != nil {
+		t.Errorf("read the pong: %v", err)
+		return
+	}
+	if pong[0] != 0x8A || pong[1] != 0x82 || pong[6]^pong[2] != 'p' || pong[7]^pong[3] != '1' {
+		t.Errorf("pong % x, want a masked pong of p1", pong)
+	}
+	if _, err := c.Write(allWire[closeAt:]); err != nil {
+		t.Errorf("write the close: %v", err)
+	}
+}
+
+// TestWSStreamOverSocket: the tool's own handshake and readers against a
+// real socket. Both readers (the epoll loops where there are some, and
+// the goroutine reader used for TLS and elsewhere) get every message in
+// order, including the one that came with the 101, answer the ping, and
+// end at the close without handing on what follows it.
+func TestWSStreamOverSocket(t *testing.T) {
+	first := frame(true, 1, []byte(`{"type":"connected"}`))
+	peer := newWSPeer(t, switching, first)
+	tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "tok", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, kind := range []string{"default", "goroutine"} {
+		t.Run(kind, func(t *testing.T) {
+			var s stream
+			if kind == "default" {
+				s, err = tr.open(ctx, "5-5")
+			} else {
+				conn, derr := net.Dial("tcp", tr.addr)
+				if derr != nil {
+					t.Fatal(derr)
+				}
+				rest, herr := handshake(conn, tr.host, "/api/v1/budget/ws?last_event_id=5-5")
+				s, err = newConnStream(conn, rest), herr
+			}
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			if target := <-peer.targets; kind == "default" && target != "/api/v1/budget/ws?batch=1&last_event_id=5-5&token=tok" {
+				t.Errorf("request target %q", target)
+			}
+			exchanged := make(chan struct{})
+			go func() { defer close(exchanged); exchange(t, <-peer.conns) }()
+			defer func() { <-exchanged }()
+			var msgs []string
+			err = s.read(func(b []byte) { msgs = append(msgs, string(b)) })
+			s.close()
+			if !errors.Is(err, errClosed) {
+				t.Errorf("read ended with %v, want errClosed", err)
+			}
+			if len(msgs) != len(allMsgs) {
+				t.Fatalf("%d messages, want %d", len(msgs), len(allMsgs))
+			}
+			for i := range msgs {
+				if msgs[i] != allMsgs[i] {
+					t.Errorf("message %d: %.40q (%d bytes), want %.40q (%d bytes)", i, msgs[i], len(msgs[i]), allMsgs[i], len(allMsgs[i]))
+				}
+			}
+		})
+	}
+}
+
+// TestWSStreamCloseEndsRead: the end of a run closes streams from another
+// goroutine while their gateway stays silent; read must return.
+func TestWSStreamCloseEndsRead(t *testing.T) {
+	peer := newWSPeer(t, switching, nil)
+	tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := tr.open(context.Background(), "")
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	c := <-peer.conns
+	defer c.Close()
+	reading := make(chan error, 1)
+	go func() { reading <- s.read(func([]byte) {}) }()
+	s.close()
+	select {
+	case err := <-reading:
+		if err == nil {
+			t.Fatal("read ended without an error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("read still blocked 10 s after close")
+	}
+	// The gateway's side sees the connection end.
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 16)); err != io.EOF {
+		t.Fatalf("peer read %d bytes, %v: want EOF", n, err)
+	}
+}
+
+// TestWSHandshakeAnswers: refusals are errRefused (the run reports them
+// instead of retrying), other answers and a wrong accept key are errors.
+func TestWSHandshakeAnswers(t *testing.T) {
+	for name, tc := range map[string]struct {
+		answer  func(string) string
+		refused bool
+	}{
+		"429":       {func(string) string { return "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n" }, true},
+		"401":       {func(string) string { return "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n" }, true},
+		"503":       {func(string) string { return "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n" }, false},
+		"wrong key": {func(string) string { return switching("another key") }, false},
+		"not http":  {func(string) string { return "hello\r\n\r\n" }, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			peer := newWSPeer(t, tc.answer, nil)
+			tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "", false, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := tr.open(context.Background(), "")
+			if err == nil {
+				s.close()
+				t.Fatal("open succeeded")
+			}
+			if errors.Is(err, errRefused) != tc.refused {
+				t.Fatalf("open: %v; refused: %v, want %v", err, errors.Is(err, errRefused), tc.refused)
+			}
+		})
+	}
+}
