@@ -130,3 +130,71 @@ SELECT i, '2026-01-15', 'groceries' FROM generate_series(1, $1) i`, rows); err !
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
 }
+
+// BenchmarkLatestWindow measures what a starting gateway reads before it is
+// ready: Latest of the newest 10,000 events (GATEWAY_REPLAY_EVENTS' default)
+// from a log of 20,000 single-row transactions (the shape of a busy app's
+// writes, one rtgw.tx row per event), and from one of 20 transactions of
+// 10,000 rows (a batch import: the window is the newest transaction). Run:
+//
+//	go test ./notify -run '^$' -bench LatestWindow -benchtime 20x
+func BenchmarkLatestWindow(b *testing.B) {
+	for _, shape := range []struct {
+		name     string
+		txs, per int
+	}{{"1-row-tx", 20_000, 1}, {"10k-row-tx", 20, 10_000}} {
+		b.Run(shape.name, func(b *testing.B) { benchLatest(b, shape.txs, shape.per) })
+	}
+}
+
+func benchLatest(b *testing.B, txs, per int) {
+	const window = 10_000
+	ctx := context.Background()
+	url := pgtest.NewDatabase(b)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TABLE facts (id serial PRIMARY KEY, amount bigint NOT NULL, fact_date date NOT NULL,
+description text, record_type varchar(10) NOT NULL DEFAULT 'fact')`); err != nil {
+		b.Fatal(err)
+	}
+	if err := notify.Install(ctx, conn, []config.Track{{Table: "facts", Prefix: "budget_fact"}}); err != nil {
+		b.Fatal(err)
+	}
+	// Transactions committed by a procedure: no round trip each.
+	if _, err := conn.Exec(ctx, `CREATE PROCEDURE fill(txs int, per int) LANGUAGE plpgsql AS $$
+BEGIN
+  FOR t IN 1..txs LOOP
+    INSERT INTO facts (amount, fact_date, description)
+    SELECT i, '2026-01-15', 'groceries for the week, row ' || i FROM generate_series(1, per) i;
+    COMMIT;
+  END LOOP;
+END $$`); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `CALL fill($1, $2)`, txs, per); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE rtgw.tx, rtgw.event`); err != nil {
+		b.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	store := &notify.Store{Pool: pool, Logger: slog.New(slog.DiscardHandler)}
+	b.ReportAllocs()
+	for b.Loop() {
+		evs, _, complete, err := store.Latest(ctx, window)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(evs) != window || complete {
+			b.Fatalf("Latest gave %d events (complete %v), want %d of more", len(evs), complete, window)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*window), "ns/event")
+}
