@@ -247,6 +247,56 @@ func (c *corkConn) release() {
 	c.buf = nil
 }
 
+// closeWith writes frame, the connection's last (a close frame), ends the
+// stream and closes the socket, the frame and the FIN in one segment
+// (rawWriter.writeLast); frames still gathered go first, in the same
+// write. Like any write it waits for one in progress, which the deadline
+// cut set bounds. It reports false, having written nothing, when the socket
+// cannot take the frame now (full, or no descriptor to write to): the
+// caller then writes it the blocking way.
+func (c *corkConn) closeWith(frame []byte) bool {
+	if c.raw == nil {
+		return false
+	}
+	c.mu.Lock()
+	if c.err != nil || len(c.partial) > 0 {
+		c.mu.Unlock()
+		return false
+	}
+	out := frame
+	if c.corked && len(*c.buf) > 0 {
+		out = append(*c.buf, frame...)
+		*c.buf = out
+	}
+	n, err := c.raw.writeLast(out)
+	switch {
+	case err != nil:
+		c.err = err // broken, or past the deadline cut set: nothing more can go
+	case n == 0:
+		if c.corked {
+			*c.buf = (*c.buf)[:len(*c.buf)-len(frame)]
+		}
+		c.mu.Unlock()
+		return false
+	case n < len(out):
+		// The rest waits for room (under the deadline cut set); the FIN
+		// follows it on its own, at the close.
+		c.partial = append([]byte(nil), out[n:]...)
+		_ = c.settle()
+	}
+	if c.corked {
+		*c.buf = (*c.buf)[:0]
+		c.corked = false
+	}
+	if c.err == nil {
+		c.err = net.ErrClosed
+	}
+	c.release()
+	c.mu.Unlock()
+	_ = c.Conn.Close()
+	return true
+}
+
 // Close writes what is gathered (a close frame may be among it), then
 // closes the socket.
 func (c *corkConn) Close() error {

@@ -3,7 +3,9 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/budget-rt/gateway/notify"
 )
 
 // The answer to the upgrade (101) and the connected frame leave the gateway
@@ -20,11 +24,91 @@ import (
 func TestUpgradeAnswerAndConnectedFrameInOneSegment(t *testing.T) {
 	srv := startOurs(t)
 	addr := strings.TrimPrefix(strings.TrimSuffix(srv.url, "/api/v1/budget/ws"), "ws://")
-	conn, err := net.Dial("tcp", addr)
+	conn, _ := dialUpgraded(t, addr)
+	info := tcpInfo(t, conn)
+	if info.Data_segs_in != 1 {
+		t.Fatalf("the 101 and the connected frame came in %d TCP segments, want 1 (one write)", info.Data_segs_in)
+	}
+}
+
+// Listen's sockets have no TCP keepalive (Go's default would set it up
+// with four system calls per accepted connection; see Listen).
+func TestListenWithoutKeepalive(t *testing.T) {
+	ln, err := Listen(t.Context(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on int
+	var serr error
+	if err := raw.Control(func(fd uintptr) { on, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	if on != 0 {
+		t.Fatal("an accepted socket has SO_KEEPALIVE on")
+	}
+}
+
+// At shutdown each client's close frame and the end of its stream leave in
+// one TCP segment (a frame, then a FIN, would be two trips through both
+// ends' TCP stacks for each of thousands of clients), and the client reads
+// the whole close frame, 1001 and its reason, then the end of the stream.
+func TestShutdownCloseFrameAndFINInOneSegment(t *testing.T) {
+	s := New(slog.New(slog.DiscardHandler), nil, nil, Options{Window: 100, SendQueue: 16, WriteTimeout: 10 * time.Second,
+		MaxMessageBytes: 4096, MessageRate: 2, MessageBurst: 20, HeaderTimeout: 10 * time.Second,
+		HandshakeTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32768})
+	s.Hub().Load(nil, notify.Position{}, true)
+	srv := s.HTTPServer()
+	addr := strings.TrimPrefix(serveBench(t, srv), "ws://")
+	t.Cleanup(func() { _ = srv.Close() })
+	conn, br := dialUpgraded(t, addr)
+	// The connection is attached once the hub counts it: only then is the
+	// hub's shutdown, not the transport's, the one that closes it.
+	for deadline := time.Now().Add(10 * time.Second); s.Hub().Len() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection was not attached within 10 s")
+		}
+	}
+	before := segsIn(t, conn)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	s.Close(ctx)
+	rest, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatalf("read to the end of the stream: %v", err)
+	}
+	want := append([]byte{0x88, byte(2 + len(ReasonShutdown)), 0x03, 0xe9}, ReasonShutdown...)
+	if !bytes.Equal(rest, want) {
+		t.Fatalf("after the connected frame came % x, want the close frame % x and the end", rest, want)
+	}
+	if n := segsIn(t, conn) - before; n != 1 {
+		t.Fatalf("the close frame and the end of the stream came in %d TCP segments, want 1", n)
+	}
+}
+
+// dialUpgraded opens a WebSocket by hand and reads the 101 and the
+// connected frame.
+func dialUpgraded(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	req := "GET /api/v1/budget/ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -63,7 +147,12 @@ func TestUpgradeAnswerAndConnectedFrameInOneSegment(t *testing.T) {
 	if !bytes.Contains(payload, []byte(`"type":"connected"`)) {
 		t.Fatalf("first frame %s: want connected", payload)
 	}
+	return conn, br
+}
 
+// tcpInfo is the kernel's TCP_INFO of conn.
+func tcpInfo(t *testing.T, conn net.Conn) *unix.TCPInfo {
+	t.Helper()
 	raw, err := conn.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -73,39 +162,7 @@ func TestUpgradeAnswerAndConnectedFrameInOneSegment(t *testing.T) {
 	if err := raw.Control(func(fd uintptr) { info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || serr != nil {
 		t.Fatal(err, serr)
 	}
-	if info.Data_segs_in != 1 {
-		t.Fatalf("the 101 and the connected frame came in %d TCP segments, want 1 (one write)", info.Data_segs_in)
-	}
+	return info
 }
 
-// Listen's sockets have no TCP keepalive (Go's default would set it up
-// with four system calls per accepted connection; see Listen).
-func TestListenWithoutKeepalive(t *testing.T) {
-	ln, err := Listen(t.Context(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	conn, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	raw, err := conn.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var on int
-	var serr error
-	if err := raw.Control(func(fd uintptr) { on, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) }); err != nil || serr != nil {
-		t.Fatal(err, serr)
-	}
-	if on != 0 {
-		t.Fatal("an accepted socket has SO_KEEPALIVE on")
-	}
-}
+func segsIn(t *testing.T, conn net.Conn) uint32 { return tcpInfo(t, conn).Segs_in }

@@ -11,3 +11,5 @@ type rawWriter struct{}
 func newRawWriter(syscall.RawConn) *rawWriter { return nil }
 
 func (*rawWriter) Write([]byte) (int, error) { return 0, nil }
+
+func (*rawWriter) writeLast([]byte) (int, error) { return 0, nil }
