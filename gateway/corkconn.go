@@ -263,8 +263,9 @@ func (c *corkConn) closeWith(frame []byte) bool {
 		c.mu.Unlock()
 		return false
 	}
-	out := frame
+	out, gathered := frame, 0
 	if c.corked && len(*c.buf) > 0 {
+		gathered = len(*c.buf)
 		out = append(*c.buf, frame...)
 		*c.buf = out
 	}
@@ -273,8 +274,8 @@ func (c *corkConn) closeWith(frame []byte) bool {
 	case err != nil:
 		c.err = err // broken, or past the deadline cut set: nothing more can go
 	case n == 0:
-		if c.corked {
-			*c.buf = (*c.buf)[:len(*c.buf)-len(frame)]
+		if gathered > 0 {
+			*c.buf = (*c.buf)[:gathered] // the caller writes the frame behind them
 		}
 		c.mu.Unlock()
 		return false

@@ -203,3 +203,60 @@ func TestWireFramesReadByGorilla(t *testing.T) {
 		}
 	}
 }
+
+// A close frame that finds the socket full is not written by closeWith (the
+// caller then writes it the blocking way, wsConn.close): nothing of it, or
+// of the frames gathered while corked, may be lost or doubled, whether or
+// not any were gathered.
+func TestCloseWithFullSocket(t *testing.T) {
+	for _, gather := range []bool{false, true} {
+		t.Run(map[bool]string{false: "nothing gathered", true: "a frame gathered"}[gather], func(t *testing.T) {
+			sock, client := socketPair(t)
+			filler := bytes.Repeat([]byte{'x'}, 1024)
+			filled := 0
+			for i := 0; ; i++ {
+				n, err := sock.raw.Write(filler)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n == 0 {
+					break
+				}
+				if filled += n; i == 10_000 {
+					t.Fatalf("the socket took %d bytes and is still not full", filled)
+				}
+			}
+			sock.cork()
+			var want []byte
+			if gather {
+				f := frameOf('g', 10)
+				if _, err := sock.Write(f); err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, f...)
+			}
+			cf := closeFrame(CloseGoingAway, ReasonShutdown)
+			if sock.closeWith(cf) {
+				t.Fatal("closeWith wrote into a full socket")
+			}
+			want = append(want, cf...)
+			// The blocking way, as wsConn.close does it, while the client reads.
+			read := make(chan []byte, 1)
+			go func() {
+				_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+				b, _ := io.ReadAll(client)
+				read <- b
+			}()
+			if _, err := sock.Write(cf); err != nil {
+				t.Fatal(err)
+			}
+			if err := sock.Close(); err != nil {
+				t.Fatal(err)
+			}
+			got := <-read
+			if len(got) != filled+len(want) || bytes.Count(got[:filled], []byte{'x'}) != filled || !bytes.Equal(got[filled:], want) {
+				t.Fatalf("the client read %d bytes, ending % x; want %d bytes of filler, then % x", len(got), got[max(0, len(got)-len(want)):], filled, want)
+			}
+		})
+	}
+}
