@@ -140,7 +140,16 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
+		// The LISTEN connection is dialled while the replay window loads: the
+		// gateway is ready only with both, and during a restart amid thousands
+		// of reconnecting clients starting a PostgreSQL backend can take as
+		// long as reading the window.
+		listenConn := predial(gctx, follower.Connect)
+		follower.Connect = listenConn.connect
 		head, err := load(gctx, logger, store, srv.Hub(), cfg.ReplayEvents, rules)
+		if err != nil {
+			listenConn.discard()
+		}
 		if errors.Is(err, notify.ErrRuleMismatch) {
 			return err
 		}
@@ -263,4 +272,51 @@ type closeOnce struct {
 func (l *closeOnce) Close() error {
 	l.once.Do(func() { l.err = l.Listener.Close() })
 	return l.err
+}
+
+// predialed hands the follower a connection dialled ahead of its first
+// call, then dials on every later one.
+type predialed struct {
+	dial  func(context.Context) (*pgx.Conn, error)
+	first chan dialed // the early dial's result; nil once taken
+}
+
+type dialed struct {
+	conn *pgx.Conn
+	err  error
+}
+
+func predial(ctx context.Context, dial func(context.Context) (*pgx.Conn, error)) *predialed {
+	p := &predialed{dial: dial, first: make(chan dialed, 1)}
+	go func() {
+		conn, err := dial(ctx)
+		p.first <- dialed{conn, err}
+	}()
+	return p
+}
+
+// connect is the follower's Connect; the listener calls it from one
+// goroutine at a time.
+func (p *predialed) connect(ctx context.Context) (*pgx.Conn, error) {
+	if p.first != nil {
+		d := <-p.first
+		p.first = nil
+		if d.err == nil {
+			return d.conn, nil
+		}
+		// The early dial failed (the database was not up yet, say): the
+		// database may be reachable by now.
+	}
+	return p.dial(ctx)
+}
+
+// discard closes the early connection when the follower will not run.
+func (p *predialed) discard() {
+	if p.first == nil {
+		return
+	}
+	if d := <-p.first; d.conn != nil {
+		_ = d.conn.Close(context.Background())
+	}
+	p.first = nil
 }
