@@ -23,6 +23,7 @@ import (
 type Config struct {
 	DatabaseURL string `env:"DATABASE_URL,notEmpty" help:"PostgreSQL connection URL (required). The gateway reads the event log and LISTENs with it."`
 	Addr        string `env:"GATEWAY_ADDR" envDefault:":8080" help:"Address the HTTP server listens on."`
+	ReusePort   bool   `env:"GATEWAY_REUSE_PORT" envDefault:"false" help:"Open GATEWAY_ADDR with SO_REUSEPORT (Linux), so that a new gateway can start on the same address while the old one still serves: a restart without refused connections (start the new one, wait until it is ready, then stop the old one). Every process on the address must set it and run as the same user. See \"Restart without a gap\"."`
 	Track       string `env:"GATEWAY_TRACK" envDefault:"facts:budget_fact,articles:article" help:"Tables 'gateway migrate' tracks: table:prefix[:columns[:batch_event/key]] separated by commas. Events are <prefix>_created, _updated, _deleted; a {column} in the prefix takes that column's value; columns (col|col|key=setting.name, * for all) limit what events carry (the primary key is always sent). See \"Tracking tables\"."`
 
 	JWTSecret      string        `env:"GATEWAY_JWT_SECRET" help:"The backend's JWT_SECRET (HS256). WebSockets need ?token= (type ws); other routes the access_token cookie or a Bearer token. Required unless GATEWAY_INSECURE_NO_AUTH=true." secret:"true"`

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,7 +36,7 @@ func TestUpgradeAnswerAndConnectedFrameInOneSegment(t *testing.T) {
 // Listen's sockets have no TCP keepalive (Go's default would set it up
 // with four system calls per accepted connection; see Listen).
 func TestListenWithoutKeepalive(t *testing.T) {
-	ln, err := Listen(t.Context(), "127.0.0.1:0")
+	ln, err := Listen(t.Context(), "127.0.0.1:0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,3 +168,48 @@ func tcpInfo(t *testing.T, conn net.Conn) *unix.TCPInfo {
 }
 
 func segsIn(t *testing.T, conn net.Conn) uint32 { return tcpInfo(t, conn).Segs_in }
+
+// With reusePort a second gateway listens on the same address while the
+// first still does, and takes every connection once the first has closed
+// its listener; without it the second cannot listen there.
+func TestListenReusePort(t *testing.T) {
+	first, err := Listen(t.Context(), "127.0.0.1:0", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	addr := first.Addr().String()
+	if ln, err := Listen(t.Context(), addr, false); err == nil {
+		ln.Close()
+		t.Fatal("a listener without SO_REUSEPORT opened an address taken with it")
+	} else if !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("listen without SO_REUSEPORT: %v, want EADDRINUSE", err)
+	}
+	second, err := Listen(t.Context(), addr, true)
+	if err != nil {
+		t.Fatalf("second listener with SO_REUSEPORT: %v", err)
+	}
+	defer second.Close()
+	first.Close()
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := second.Accept()
+		if err == nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial after the first listener closed: %v", err)
+	}
+	defer c.Close()
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second listener did not accept within 10 s")
+	}
+}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"net"
 )
 
@@ -14,7 +15,18 @@ import (
 // keep-alive connection is closed after GATEWAY_IDLE_TIMEOUT. (Keepalive
 // probes only run on a connection with nothing unacknowledged, which the
 // gateway's connections rarely are for long.)
-func Listen(ctx context.Context, addr string) (net.Listener, error) {
+//
+// With reusePort the socket is opened with SO_REUSEPORT (Linux only), so
+// that another gateway can listen on the same address at the same time: a
+// restart starts the new process before the old one stops, and the
+// kernel hands each new connection to one of the listeners.
+func Listen(ctx context.Context, addr string, reusePort bool) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
+	if reusePort {
+		if reusePortControl == nil {
+			return nil, errors.New("GATEWAY_REUSE_PORT needs Linux")
+		}
+		lc.Control = reusePortControl
+	}
 	return lc.Listen(ctx, "tcp", addr)
 }

@@ -169,7 +169,7 @@ func startMelody(tb testing.TB) benchServer {
 }
 
 func serveBench(tb testing.TB, srv *http.Server) string {
-	ln, err := Listen(context.Background(), "127.0.0.1:0") // melody's too: the same sockets for both
+	ln, err := Listen(context.Background(), "127.0.0.1:0", false) // melody's too: the same sockets for both
 	if err != nil {
 		tb.Fatal(err)
 	}

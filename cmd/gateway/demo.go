@@ -82,10 +82,10 @@ func demo(ctx context.Context, args, environ []string, stdout, stderr io.Writer)
 	if err := notify.InstallDemo(ctx, dbURL); err != nil {
 		return err
 	}
-	ln, err := gateway.Listen(ctx, addr)
+	ln, err := gateway.Listen(ctx, addr, false)
 	if err != nil && !fixedAddr {
 		// Port 8080 is taken: any free port will do for a demo.
-		ln, err = gateway.Listen(ctx, "127.0.0.1:0")
+		ln, err = gateway.Listen(ctx, "127.0.0.1:0", false)
 	}
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -33,7 +33,7 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 	}
 	if ln == nil {
 		var err error
-		if ln, err = gateway.Listen(ctx, cfg.Addr); err != nil {
+		if ln, err = gateway.Listen(ctx, cfg.Addr, cfg.ReusePort); err != nil {
 			return fmt.Errorf("listen: %w", err)
 		}
 	}
