@@ -4,6 +4,7 @@ package gateway
 
 import "syscall"
 
-// reusePortControl is nil: SO_REUSEPORT balances connections between
-// listeners only on Linux (elsewhere the last one to bind takes them all).
+// reusePortControl is nil: only Linux's SO_REUSEPORT hands new connections
+// to every listener on the address; elsewhere the option means something
+// else, so GATEWAY_REUSE_PORT is refused.
 var reusePortControl func(network, address string, c syscall.RawConn) error
