@@ -235,7 +235,7 @@ func TestCloseWithFullSocket(t *testing.T) {
 				}
 				want = append(want, f...)
 			}
-			cf := closeFrame(CloseGoingAway, ReasonShutdown)
+			cf := closeFrame(websocket.FormatCloseMessage(CloseGoingAway, ReasonShutdown))
 			if sock.closeWith(cf) {
 				t.Fatal("closeWith wrote into a full socket")
 			}

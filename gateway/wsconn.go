@@ -330,17 +330,17 @@ func (c *wsConn) close(code int, reason string) {
 	// wait among the attach's gathered frames (corkConn), which Close
 	// flushes under the same deadline.
 	_ = c.sock.cut(deadline)
-	if c.sock.closeWith(closeFrame(code, reason)) {
+	payload := websocket.FormatCloseMessage(code, reason)
+	if c.sock.closeWith(closeFrame(payload)) {
 		return
 	}
-	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), deadline)
+	_ = c.ws.WriteControl(websocket.CloseMessage, payload, deadline)
 	_ = c.ws.Close()
 }
 
-// closeFrame is a server's (unmasked) close frame; a control frame is never
-// compressed.
-func closeFrame(code int, reason string) []byte {
-	payload := websocket.FormatCloseMessage(code, reason)
+// closeFrame is a server's (unmasked) close frame around payload; a control
+// frame is never compressed.
+func closeFrame(payload []byte) []byte {
 	return append([]byte{0x88, byte(len(payload))}, payload...)
 }
 

@@ -2,6 +2,7 @@ package notify_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"testing"
 
@@ -84,32 +85,15 @@ func count(b *testing.B, conn *pgx.Conn) int64 {
 //	go test ./notify -run '^$' -bench ReplayLog -benchtime 20x
 func BenchmarkReplayLog(b *testing.B) {
 	ctx := context.Background()
-	url := pgtest.NewDatabase(b)
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE TABLE facts (id serial PRIMARY KEY, amount bigint NOT NULL, fact_date date NOT NULL,
-description text, record_type varchar(10) NOT NULL DEFAULT 'fact')`); err != nil {
-		b.Fatal(err)
-	}
-	if err := notify.Install(ctx, conn, []config.Track{{Table: "facts", Prefix: "budget_fact"}}); err != nil {
-		b.Fatal(err)
-	}
 	const txs, rows = 1000, 10
-	for range txs {
-		if _, err := conn.Exec(ctx, `INSERT INTO facts (amount, fact_date, description)
+	store := benchLog(b, func(conn *pgx.Conn) {
+		for range txs {
+			if _, err := conn.Exec(ctx, `INSERT INTO facts (amount, fact_date, description)
 SELECT i, '2026-01-15', 'groceries' FROM generate_series(1, $1) i`, rows); err != nil {
-			b.Fatal(err)
+				b.Fatal(err)
+			}
 		}
-	}
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pool.Close()
-	store := &notify.Store{Pool: pool, Logger: slog.New(slog.DiscardHandler)}
+	})
 	_, head, _, err := store.Latest(ctx, 1)
 	if err != nil {
 		b.Fatal(err)
@@ -150,6 +134,39 @@ func BenchmarkLatestWindow(b *testing.B) {
 func benchLatest(b *testing.B, txs, per int) {
 	const window = 10_000
 	ctx := context.Background()
+	store := benchLog(b, func(conn *pgx.Conn) {
+		// Transactions committed by a procedure: no round trip each.
+		for _, sql := range []string{`CREATE PROCEDURE fill(txs int, per int) LANGUAGE plpgsql AS $$
+BEGIN
+  FOR t IN 1..txs LOOP
+    INSERT INTO facts (amount, fact_date, description)
+    SELECT i, '2026-01-15', 'groceries for the week, row ' || i FROM generate_series(1, per) i;
+    COMMIT;
+  END LOOP;
+END $$`, fmt.Sprintf(`CALL fill(%d, %d)`, txs, per), `VACUUM ANALYZE rtgw.tx, rtgw.event`} {
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.ReportAllocs()
+	for b.Loop() {
+		evs, _, complete, err := store.Latest(ctx, window)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(evs) != window || complete {
+			b.Fatalf("Latest gave %d events (complete %v), want %d of more", len(evs), complete, window)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*window), "ns/event")
+}
+
+// benchLog is a Store over a throwaway database with the demo's facts
+// table tracked, after fill has written the log through conn.
+func benchLog(b *testing.B, fill func(conn *pgx.Conn)) *notify.Store {
+	b.Helper()
+	ctx := context.Background()
 	url := pgtest.NewDatabase(b)
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -163,38 +180,11 @@ description text, record_type varchar(10) NOT NULL DEFAULT 'fact')`); err != nil
 	if err := notify.Install(ctx, conn, []config.Track{{Table: "facts", Prefix: "budget_fact"}}); err != nil {
 		b.Fatal(err)
 	}
-	// Transactions committed by a procedure: no round trip each.
-	if _, err := conn.Exec(ctx, `CREATE PROCEDURE fill(txs int, per int) LANGUAGE plpgsql AS $$
-BEGIN
-  FOR t IN 1..txs LOOP
-    INSERT INTO facts (amount, fact_date, description)
-    SELECT i, '2026-01-15', 'groceries for the week, row ' || i FROM generate_series(1, per) i;
-    COMMIT;
-  END LOOP;
-END $$`); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `CALL fill($1, $2)`, txs, per); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `VACUUM ANALYZE rtgw.tx, rtgw.event`); err != nil {
-		b.Fatal(err)
-	}
+	fill(conn)
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer pool.Close()
-	store := &notify.Store{Pool: pool, Logger: slog.New(slog.DiscardHandler)}
-	b.ReportAllocs()
-	for b.Loop() {
-		evs, _, complete, err := store.Latest(ctx, window)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(evs) != window || complete {
-			b.Fatalf("Latest gave %d events (complete %v), want %d of more", len(evs), complete, window)
-		}
-	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*window), "ns/event")
+	b.Cleanup(pool.Close)
+	return &notify.Store{Pool: pool, Logger: slog.New(slog.DiscardHandler)}
 }

@@ -419,18 +419,6 @@ func TestVisibilityRuleMustFit(t *testing.T) {
 			t.Fatalf("%s: serve returned %v, want an error saying %q", c.rules, err, c.want)
 		}
 	}
-	// The LISTEN connection is dialled while the window loads; a gateway
-	// that stops before following must not leave it open. A backend ends
-	// shortly after its client closes, with no signal to wait on: poll.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		n := db.queryInt(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'rtgw-listen'`)
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d LISTEN connections still open 10 s after the gateways stopped", n)
-		}
-	}
 	cfg, err := config.Load(db.environ(subsRules))
 	if err != nil {
 		t.Fatalf("load config: %v", err)
