@@ -230,6 +230,7 @@ func fanOut(b *testing.B, srv benchServer, child *benchClients, n int) {
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 	cpu0 := cpuTime(b)
+	ccpu0, cok := processCPU(b, child.cmd.Process.Pid)
 	b.ResetTimer()
 	acked := 0
 	evs := make([]notify.Event, 1)
@@ -245,8 +246,12 @@ func fanOut(b *testing.B, srv benchServer, child *benchClients, n int) {
 	}
 	b.StopTimer()
 	cpu := cpuTime(b) - cpu0
+	ccpu1, _ := processCPU(b, child.cmd.Process.Pid)
 	runtime.ReadMemStats(&ms1)
 	d := float64(total) * float64(n)
+	if cok {
+		b.ReportMetric(float64((ccpu1-ccpu0).Nanoseconds())/d, "client-cpu-ns/delivery")
+	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/d, "ns/delivery")
 	b.ReportMetric(float64(cpu.Nanoseconds())/d, "cpu-ns/delivery")
 	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/d, "allocs/delivery")
