@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -149,7 +150,7 @@ func (s *pollStream) read(fn func([]byte)) error {
 // anything arriving later is reported again.
 func (s *pollStream) readable(buf []byte) {
 	for {
-		n, err := unix.Read(s.fd, buf)
+		n, err := rawRead(s.fd, buf)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return
@@ -170,6 +171,18 @@ func (s *pollStream) readable(buf []byte) {
 			return
 		}
 	}
+}
+
+// rawRead is read(2) without telling the Go scheduler, as the gateway
+// writes (see its rawwrite_unix.go): the descriptor is non-blocking, so the
+// call never sleeps, and announcing it only wakes the runtime's monitor to
+// take the processor from a read a busy machine stretched.
+func rawRead(fd int, buf []byte) (int, error) {
+	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 func (s *pollStream) pong(payload []byte) {
