@@ -5,7 +5,6 @@ package gateway
 import (
 	"errors"
 	"syscall"
-	"unsafe"
 )
 
 // rawWriter makes one write(2) into a socket that never waits for room.
@@ -54,28 +53,12 @@ func (w *rawWriter) writeLast(b []byte) (n int, err error) {
 	return n, err
 }
 
-// write makes the system call raw, without telling the Go scheduler: a
-// write to a non-blocking socket never sleeps, and announcing it (what
-// syscall.Write does) lets the runtime's monitor take the processor from a
-// write that a busy virtual machine stretched past 20 microseconds and
-// hand it to another thread, which the fan-out then has to get back.
-// Deliveries are mostly these writes, so the monitor found one to take
-// many times a second and never slept long.
 func (w *rawWriter) write(fd uintptr) bool {
-	var p unsafe.Pointer
-	if len(w.b) > 0 {
-		p = unsafe.Pointer(&w.b[0])
-	}
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(p), uintptr(len(w.b)))
-		if errno == syscall.EINTR {
-			continue
+		w.n, w.err = writeNoPark(fd, w.b)
+		if !errors.Is(w.err, syscall.EINTR) {
+			return true // done, whatever happened: never park for room
 		}
-		w.n, w.err = int(n), nil
-		if errno != 0 {
-			w.n, w.err = 0, errno
-		}
-		return true // done, whatever happened: never park for room
 	}
 }
 
