@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -171,6 +172,63 @@ func TestWSStreamCloseEndsRead(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := c.Read(make([]byte, 16)); err != io.EOF {
 		t.Fatalf("peer read %d bytes, %v: want EOF", n, err)
+	}
+}
+
+// TestWSStreamReset: a gateway that resets the connection (killed, or its
+// host gone) ends the read with the system's error, in both readers, after
+// the messages that came before it; never a panic, a hang or a clean end.
+func TestWSStreamReset(t *testing.T) {
+	first := frame(true, 1, []byte(`{"type":"connected"}`))
+	peer := newWSPeer(t, switching, first)
+	tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"default", "goroutine"} {
+		t.Run(kind, func(t *testing.T) {
+			var s stream
+			if kind == "default" {
+				s, err = tr.open(context.Background(), "")
+			} else {
+				conn, derr := net.Dial("tcp", tr.addr)
+				if derr != nil {
+					t.Fatal(derr)
+				}
+				rest, herr := handshake(conn, tr.host, "/api/v1/budget/ws")
+				s, err = newConnStream(conn, rest), herr
+			}
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			defer s.close()
+			<-peer.targets
+			c := (<-peer.conns).(*net.TCPConn)
+			// Linger 0: close sends a reset instead of a FIN.
+			if err := c.SetLinger(0); err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan string, 4)
+			reading := make(chan error, 1)
+			go func() { reading <- s.read(func(b []byte) { got <- string(b) }) }()
+			select {
+			case m := <-got:
+				if m != `{"type":"connected"}` {
+					t.Fatalf("first message %q", m)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no first message within 10 s")
+			}
+			c.Close()
+			select {
+			case err := <-reading:
+				if !errors.Is(err, syscall.ECONNRESET) {
+					t.Fatalf("read ended with %v, want the connection reset", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("read still going 10 s after the reset")
+			}
+		})
 	}
 }
 
