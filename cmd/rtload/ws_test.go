@@ -89,6 +89,34 @@ func exchange(t *testing.T, c net.Conn) {
 	}
 }
 
+// openStream opens a stream to tr with either reader: "default" is what a
+// run uses (the epoll loops where there are some), "goroutine" the reader
+// used for TLS and off Linux, over the same handshake.
+func openStream(t *testing.T, ctx context.Context, tr *wsTransport, kind, lastID string) stream {
+	t.Helper()
+	if kind == "default" {
+		s, err := tr.open(ctx, lastID)
+		if err != nil {
+			t.Fatalf("open: %v", err)
+		}
+		return s
+	}
+	conn, err := net.Dial("tcp", tr.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := "/api/v1/budget/ws"
+	if lastID != "" {
+		target += "?last_event_id=" + lastID
+	}
+	rest, err := handshake(conn, tr.host, target)
+	if err != nil {
+		conn.Close()
+		t.Fatalf("open: %v", err)
+	}
+	return newConnStream(conn, rest)
+}
+
 // TestWSStreamOverSocket: the tool's own handshake and readers against a
 // real socket. Both readers (the epoll loops where there are some, and
 // the goroutine reader used for TLS and elsewhere) get every message in
@@ -105,20 +133,7 @@ func TestWSStreamOverSocket(t *testing.T) {
 	defer cancel()
 	for _, kind := range []string{"default", "goroutine"} {
 		t.Run(kind, func(t *testing.T) {
-			var s stream
-			if kind == "default" {
-				s, err = tr.open(ctx, "5-5")
-			} else {
-				conn, derr := net.Dial("tcp", tr.addr)
-				if derr != nil {
-					t.Fatal(derr)
-				}
-				rest, herr := handshake(conn, tr.host, "/api/v1/budget/ws?last_event_id=5-5")
-				s, err = newConnStream(conn, rest), herr
-			}
-			if err != nil {
-				t.Fatalf("open: %v", err)
-			}
+			s := openStream(t, ctx, tr, kind, "5-5")
 			if target := <-peer.targets; kind == "default" && target != "/api/v1/budget/ws?batch=1&last_event_id=5-5&token=tok" {
 				t.Errorf("request target %q", target)
 			}
@@ -126,7 +141,7 @@ func TestWSStreamOverSocket(t *testing.T) {
 			go func() { defer close(exchanged); exchange(t, <-peer.conns) }()
 			defer func() { <-exchanged }()
 			var msgs []string
-			err = s.read(func(b []byte) { msgs = append(msgs, string(b)) })
+			err := s.read(func(b []byte) { msgs = append(msgs, string(b)) })
 			s.close()
 			if !errors.Is(err, errClosed) {
 				t.Errorf("read ended with %v, want errClosed", err)
@@ -187,20 +202,7 @@ func TestWSStreamReset(t *testing.T) {
 	}
 	for _, kind := range []string{"default", "goroutine"} {
 		t.Run(kind, func(t *testing.T) {
-			var s stream
-			if kind == "default" {
-				s, err = tr.open(context.Background(), "")
-			} else {
-				conn, derr := net.Dial("tcp", tr.addr)
-				if derr != nil {
-					t.Fatal(derr)
-				}
-				rest, herr := handshake(conn, tr.host, "/api/v1/budget/ws")
-				s, err = newConnStream(conn, rest), herr
-			}
-			if err != nil {
-				t.Fatalf("open: %v", err)
-			}
+			s := openStream(t, context.Background(), tr, kind, "")
 			defer s.close()
 			<-peer.targets
 			c := (<-peer.conns).(*net.TCPConn)

@@ -174,9 +174,10 @@ func (s *pollStream) readable(buf []byte) {
 }
 
 // rawRead is read(2) without telling the Go scheduler, as the gateway
-// writes (see its rawwrite_unix.go): the descriptor is non-blocking, so the
-// call never sleeps, and announcing it only wakes the runtime's monitor to
-// take the processor from a read a busy machine stretched.
+// writes (see its rawsyscall_linux.go): the descriptor is non-blocking, so
+// the call never sleeps, and announcing it only wakes the runtime's monitor
+// to take the processor from a read a busy machine stretched. buf is the
+// loop's own buffer, never empty.
 func rawRead(fd int, buf []byte) (int, error) {
 	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
 	if errno != 0 {
