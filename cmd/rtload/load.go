@@ -24,7 +24,7 @@ type phases struct {
 	restartAt                          int32 // clock time the restart command started, 0: none
 	restartErr                         error
 	loadStart, loadEnd                 string
-	wroteStart, wroteEnd               float64 // the gateway's rtgw_events_delivered_total, -1 unknown
+	gwStart, gwEnd                     gwSample // the gateway's /metrics
 }
 
 // load connects the clients, runs the writer, waits for the deliveries
@@ -121,7 +121,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 		conns: o.writers, clock: clk}
 	ph.writeStartAt = time.Now()
 	ph.loadStart = loadAvg()
-	ph.wroteStart = gatewayDelivered(ctx, metricsURL(o))
+	ph.gwStart = scrapeGateway(ctx, metricsURL(o))
 	ph.toolStart = selfCPU()
 	if ph.procErr == nil {
 		ph.writeStart, ph.procErr = sampleProc(pid)
@@ -169,7 +169,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 	}
 	ph.endAt = time.Now()
 	ph.loadEnd = loadAvg()
-	ph.wroteEnd = gatewayDelivered(ctx, metricsURL(o))
+	ph.gwEnd = scrapeGateway(ctx, metricsURL(o))
 	ph.toolEnd = selfCPU()
 	if ph.procErr == nil {
 		if pid2, err := gatewayPID(o); o.pid == 0 && err == nil && pid2 != pid {

@@ -32,6 +32,10 @@ func (r *report) print(w io.Writer) {
 		p("             the gateway counted %.0f deliveries written (rtgw_events_delivered_total, live events of every writer)", r.GatewayWrote)
 	}
 	p("latency      commit to receipt %s", q(r.Latency))
+	if l := r.GatewayLag; l != nil {
+		p("             commit to the gateway's write into the socket (its rtgw_delivery_lag_seconds, %d deliveries): p50 %.1f ms, p99 %.1f ms; %.2f%% within 20 ms, %.2f%% within 50 ms",
+			l.N, l.P50, l.P99, 100*l.Within20, 100*l.Within50)
+	}
 	p("reconnects   %d (resets %d)", r.Reconnects, r.Resets)
 	if s := r.Storm; s != nil {
 		p("storm        %d clients back, cut to reconnected %s; all caught up %.2fs after the %s", s.Reconnected,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"time"
@@ -49,17 +50,31 @@ type report struct {
 	Storm        *storm `json:"storm,omitempty"`
 	RestartError string `json:"restart_error,omitempty"` // -restart-cmd failed
 
-	GatewayPID       int     `json:"gateway_pid,omitempty"`
-	GatewayCPU       float64 `json:"gateway_cpu_s"`
-	GatewayCPUPerDel float64 `json:"gateway_cpu_us_per_delivery"`
-	RSSBefore        int64   `json:"gateway_rss_kib_before"`
-	RSSConnected     int64   `json:"gateway_rss_kib_connected"`
-	RSSEnd           int64   `json:"gateway_rss_kib_end"`
-	KiBPerConn       float64 `json:"gateway_kib_per_connection"`
-	GatewayNote      string  `json:"gateway_note,omitempty"`
-	GatewayWrote     float64 `json:"gateway_delivered_metric"` // its rtgw_events_delivered_total over the run (-1: unknown)
-	ToolCPU          float64 `json:"tool_cpu_s"`
-	ToolCPUPerDel    float64 `json:"tool_cpu_us_per_delivery"`
+	GatewayPID       int         `json:"gateway_pid,omitempty"`
+	GatewayCPU       float64     `json:"gateway_cpu_s"`
+	GatewayCPUPerDel float64     `json:"gateway_cpu_us_per_delivery"`
+	RSSBefore        int64       `json:"gateway_rss_kib_before"`
+	RSSConnected     int64       `json:"gateway_rss_kib_connected"`
+	RSSEnd           int64       `json:"gateway_rss_kib_end"`
+	KiBPerConn       float64     `json:"gateway_kib_per_connection"`
+	GatewayNote      string      `json:"gateway_note,omitempty"`
+	GatewayWrote     float64     `json:"gateway_delivered_metric"` // its rtgw_events_delivered_total over the run (-1: unknown)
+	GatewayLag       *gatewayLag `json:"gateway_write_lag,omitempty"`
+	ToolCPU          float64     `json:"tool_cpu_s"`
+	ToolCPUPerDel    float64     `json:"tool_cpu_us_per_delivery"`
+}
+
+// gatewayLag is the gateway's own view of latency over the run: from an
+// event's commit to its write into a WebSocket or SSE socket, from its
+// rtgw_delivery_lag_seconds histogram. The quantiles are interpolated
+// within buckets (as Prometheus's histogram_quantile does); the shares are
+// exact, 20 ms and 50 ms being bucket bounds.
+type gatewayLag struct {
+	N        uint64  `json:"n"`
+	P50      float64 `json:"p50_ms"`
+	P99      float64 `json:"p99_ms"`
+	Within20 float64 `json:"share_within_20ms"`
+	Within50 float64 `json:"share_within_50ms"`
 }
 
 // worst is a client that lost or repeated rows.
@@ -162,8 +177,15 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 		r.RestartError = ph.restartErr.Error()
 	}
 	r.GatewayWrote = -1
-	if ph.wroteStart >= 0 && ph.wroteEnd >= ph.wroteStart {
-		r.GatewayWrote = ph.wroteEnd - ph.wroteStart
+	if ph.gwStart.ok && ph.gwEnd.ok && ph.gwEnd.delivered >= ph.gwStart.delivered {
+		r.GatewayWrote = ph.gwEnd.delivered - ph.gwStart.delivered
+	}
+	// A gateway restarted during the run (-restart-cmd) counts from zero
+	// again: its histogram says nothing about the run as a whole.
+	if lag := ph.gwEnd.lag.since(ph.gwStart.lag); lag.count > 0 && ph.gwEnd.lag.count >= ph.gwStart.lag.count {
+		ms := func(s float64) float64 { return math.Round(s*1e5) / 100 }
+		r.GatewayLag = &gatewayLag{N: lag.count, P50: ms(lag.quantile(0.5)), P99: ms(lag.quantile(0.99)),
+			Within20: lag.share(0.020), Within50: lag.share(0.050)}
 	}
 	r.ToolCPU = (ph.toolEnd - ph.toolStart).Seconds()
 	if r.Delivered > 0 {

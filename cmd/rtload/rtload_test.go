@@ -51,6 +51,17 @@ func TestLoadToolCountsEveryDelivery(t *testing.T) {
 	if d := r.GatewayWrote - float64(r.Delivered); r.GatewayWrote <= 0 || d*d > 0.01*float64(r.Delivered*r.Delivered) {
 		t.Errorf("the gateway's metrics count %v deliveries, the clients %d: want within 10%%", r.GatewayWrote, r.Delivered)
 	}
+	// The gateway's own commit-to-write latency covers the same deliveries
+	// (WebSocket and SSE; every one of this run) and is a distribution.
+	switch l := r.GatewayLag; {
+	case l == nil:
+		t.Errorf("no gateway commit-to-write latency in the report")
+	case l.N != uint64(r.GatewayWrote):
+		t.Errorf("gateway latency counts %d deliveries, its delivered metric %v: want equal", l.N, r.GatewayWrote)
+	case !(l.P50 > 0 && l.P50 <= l.P99) || !(l.Within20 > 0 && l.Within20 <= l.Within50 && l.Within50 <= 1):
+		t.Errorf("gateway latency p50 %v, p99 %v ms, within 20/50 ms %v/%v: want 0 < p50 <= p99, 0 < shares <= 1 ascending",
+			l.P50, l.P99, l.Within20, l.Within50)
+	}
 	if r.Reconnects != 0 || r.Resets != 0 || r.Storm != nil {
 		t.Errorf("reconnects %d, resets %d, storm %v: want none", r.Reconnects, r.Resets, r.Storm)
 	}
