@@ -48,6 +48,10 @@ for m in $modes; do
 	*) echo "run.sh: unknown mode $m (untracked, notify, tracked, decoded, stored)" >&2; exit 2 ;;
 	esac
 done
+case " $modes " in
+*" untracked "*) ;;
+*) echo "run.sh: MODES must include untracked, the baseline the others are compared with" >&2; exit 2 ;;
+esac
 
 bindir=""
 for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do bindir=$d; break; done
