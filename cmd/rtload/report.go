@@ -176,13 +176,17 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 	if ph.restartErr != nil {
 		r.RestartError = ph.restartErr.Error()
 	}
+	// A gateway restarted during the run (-restart-cmd, or by anything else:
+	// its counters went back) counts from zero again, so its metrics say
+	// nothing about the run as a whole; a restarted one that has already
+	// written more than the first had would otherwise pass for a difference.
+	restarted := ph.restartAt != 0 || ph.gwEnd.delivered < ph.gwStart.delivered ||
+		ph.gwEnd.lag.count < ph.gwStart.lag.count
 	r.GatewayWrote = -1
-	if ph.gwStart.ok && ph.gwEnd.ok && ph.gwEnd.delivered >= ph.gwStart.delivered {
+	if ph.gwStart.ok && ph.gwEnd.ok && !restarted {
 		r.GatewayWrote = ph.gwEnd.delivered - ph.gwStart.delivered
 	}
-	// A gateway restarted during the run (-restart-cmd) counts from zero
-	// again: its histogram says nothing about the run as a whole.
-	if lag := ph.gwEnd.lag.since(ph.gwStart.lag); lag.count > 0 && ph.gwEnd.lag.count >= ph.gwStart.lag.count {
+	if lag := ph.gwEnd.lag.since(ph.gwStart.lag); lag.count > 0 && !restarted {
 		ms := func(s float64) float64 { return math.Round(s*1e5) / 100 }
 		r.GatewayLag = &gatewayLag{N: lag.count, P50: ms(lag.quantile(0.5)), P99: ms(lag.quantile(0.99)),
 			Within20: lag.share(0.020), Within50: lag.share(0.050)}

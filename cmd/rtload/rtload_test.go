@@ -235,6 +235,10 @@ echo $! > '%[1]s'
 	if r.Reconnects < 25 {
 		t.Errorf("reconnects %d, want at least 25", r.Reconnects)
 	}
+	// The new gateway's /metrics count from its start: nothing about the run.
+	if r.GatewayWrote != -1 || r.GatewayLag != nil {
+		t.Errorf("gateway delivered metric %v, latency %+v across a restart: want unknown (-1, none)", r.GatewayWrote, r.GatewayLag)
+	}
 	if !strings.Contains(r.GatewayNote, "restarted") {
 		t.Errorf("gateway note %q, want it to say the gateway restarted", r.GatewayNote)
 	}

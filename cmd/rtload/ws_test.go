@@ -89,6 +89,17 @@ func exchange(t *testing.T, c net.Conn) {
 	}
 }
 
+// peerTransport is the tool's WebSocket transport aimed at peer, with a
+// token (empty: none) and batched frames or not.
+func peerTransport(t *testing.T, peer *wsPeer, token string, batch bool) *wsTransport {
+	t.Helper()
+	tr, err := newWSTransport("http://"+peer.ln.Addr().String(), token, batch, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
 // openStream opens a stream to tr with either reader: "default" is what a
 // run uses (the epoll loops where there are some), "goroutine" the reader
 // used for TLS and off Linux, over the same handshake.
@@ -125,10 +136,7 @@ func openStream(t *testing.T, ctx context.Context, tr *wsTransport, kind, lastID
 func TestWSStreamOverSocket(t *testing.T) {
 	first := frame(true, 1, []byte(`{"type":"connected"}`))
 	peer := newWSPeer(t, switching, first)
-	tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "tok", true, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := peerTransport(t, peer, "tok", true)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, kind := range []string{"default", "goroutine"} {
@@ -162,10 +170,7 @@ func TestWSStreamOverSocket(t *testing.T) {
 // goroutine while their gateway stays silent; read must return.
 func TestWSStreamCloseEndsRead(t *testing.T) {
 	peer := newWSPeer(t, switching, nil)
-	tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "", false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := peerTransport(t, peer, "", false)
 	s, err := tr.open(context.Background(), "")
 	if err != nil {
 		t.Fatalf("open: %v", err)
@@ -196,10 +201,7 @@ func TestWSStreamCloseEndsRead(t *testing.T) {
 func TestWSStreamReset(t *testing.T) {
 	first := frame(true, 1, []byte(`{"type":"connected"}`))
 	peer := newWSPeer(t, switching, first)
-	tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "", false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := peerTransport(t, peer, "", false)
 	for _, kind := range []string{"default", "goroutine"} {
 		t.Run(kind, func(t *testing.T) {
 			s := openStream(t, context.Background(), tr, kind, "")
@@ -249,10 +251,7 @@ func TestWSHandshakeAnswers(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			peer := newWSPeer(t, tc.answer, nil)
-			tr, err := newWSTransport("http://"+peer.ln.Addr().String(), "", false, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			tr := peerTransport(t, peer, "", false)
 			s, err := tr.open(context.Background(), "")
 			if err == nil {
 				s.close()

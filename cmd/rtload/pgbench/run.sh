@@ -101,6 +101,7 @@ q -c "CREATE OR REPLACE FUNCTION rtload_bench_notify() RETURNS trigger LANGUAGE 
 # The logical decoding modes' reader: started by mode, stopped by unread.
 reader=""
 unread() {
+	[ -n "$decoding" ] || return 0
 	if [ -n "$reader" ]; then kill "$reader" 2>/dev/null || true; wait "$reader" 2>/dev/null || true; reader=""; fi
 	# The slot goes with its reader; a reader just killed may hold it a moment longer.
 	i=0
