@@ -48,6 +48,7 @@ func TestLoadDefaults(t *testing.T) {
 		HandshakeTimeout: 10 * time.Second,
 		IdleTimeout:      2 * time.Minute,
 		MaxHeaderBytes:   32768,
+		IOURing:          true,
 	}
 	if got != want {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
@@ -101,6 +102,7 @@ func TestLoadOverrides(t *testing.T) {
 		"GATEWAY_IDLE_TIMEOUT=4s",
 		"GATEWAY_MAX_HEADER_BYTES=1000",
 		"GATEWAY_SOCKET_SEND_BUFFER=16384",
+		"GATEWAY_IO_URING=false",
 	})
 	if err != nil {
 		t.Fatalf("Load: %v", err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -35,6 +36,7 @@ import (
 type corkConn struct {
 	net.Conn
 	raw *rawWriter // the descriptor, for tryWrite; nil when the socket has none
+	fd  int32      // the descriptor's number, for the fan-out's io_uring; -1: none
 
 	mu      sync.Mutex
 	corked  bool
@@ -118,17 +120,48 @@ func (c *corkConn) tryWrite(b []byte, shared bool) (done, tried bool, err error)
 	if c.raw == nil || !c.mu.TryLock() {
 		return false, false, nil
 	}
-	defer c.mu.Unlock()
 	if c.err != nil {
+		c.mu.Unlock()
 		return false, true, c.err
 	}
 	if c.corked || len(c.partial) > 0 {
+		c.mu.Unlock()
 		return false, false, nil
 	}
 	n, err := c.raw.Write(b)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.mu.Unlock()
 		return false, false, nil // being cut: the blocking path tells
 	}
+	return c.end(b, shared, n, err)
+}
+
+// begin holds the socket for a write made elsewhere (the fan-out's
+// io_uring) and returns its descriptor, which stays open until end: every
+// close of the socket goes through this lock (Close, closeWith) and marks
+// it broken first. It returns -1, holding nothing, when the socket is
+// busy, being cut or cannot be written to directly, and with the error
+// when it is broken: what tryWrite reports then.
+func (c *corkConn) begin() (fd int32, err error) {
+	if c.fd < 0 || c.raw == nil || !c.mu.TryLock() {
+		return -1, nil
+	}
+	switch {
+	case c.err != nil:
+		err = c.err
+	case c.corked || len(c.partial) > 0 || c.isCut.Load():
+	default:
+		return c.fd, nil // held
+	}
+	c.mu.Unlock()
+	return -1, err
+}
+
+// end lets go of the socket after a write of b that took n bytes, or
+// failed with err, and reports as tryWrite does. Call with mu held (begin,
+// tryWrite).
+func (c *corkConn) end(b []byte, shared bool, n int, err error) (done, tried bool, _ error) {
+	defer c.mu.Unlock()
 	if err != nil {
 		c.err = err
 		return false, true, err
@@ -327,11 +360,16 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = &corkConn{Conn: nc, answer: true}
+	w.conn = &corkConn{Conn: nc, answer: true, fd: -1}
 	w.conn.cork() // until the attach is done (wsTransport.connect)
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			w.conn.raw = newRawWriter(rc) // without it, every write takes the blocking path
+			_ = rc.Control(func(fd uintptr) {
+				if fd <= math.MaxInt32 {
+					w.conn.fd = int32(fd)
+				}
+			})
 		}
 	}
 	return w.conn, brw, nil

@@ -1,8 +1,11 @@
 package gateway
 
 import (
+	"errors"
+	"math"
 	"runtime"
 	"sync"
+	"syscall"
 )
 
 // fanout writes the frames queued for connections, from a few goroutines
@@ -15,19 +18,21 @@ import (
 // socket, without waiting: a socket without room gets the connection's own
 // goroutine (wsConn.drain), so one slow client holds up no one. Workers
 // start when connections are listed and end when the list is empty, at
-// most one per CPU the Go runtime may use.
+// most one per CPU the Go runtime may use. Where the kernel allows, a
+// worker writes its chunk of connections in one system call (uring).
 type fanout struct {
 	mu      sync.Mutex
 	list    []*wsConn // waiting for their turn, oldest first
 	next    int       // list[next:] are still waiting
 	running int
 	max     int
+	uring   bool // send through io_uring when a ring can be had
 }
 
 // fanChunk is how many connections a worker takes from the list at once.
 const fanChunk = 32
 
-func newFanout() *fanout { return &fanout{max: runtime.GOMAXPROCS(0)} }
+func newFanout(uring bool) *fanout { return &fanout{max: runtime.GOMAXPROCS(0), uring: uring} }
 
 // schedule lists c for a turn. c must not be listed already: the caller
 // has just taken its writing turn.
@@ -49,7 +54,16 @@ func (f *fanout) work() {
 	var (
 		chunk [fanChunk]*wsConn
 		buf   []byte
+		ring  *uring
 	)
+	if f.uring {
+		ring = getURing()
+	}
+	defer func() {
+		if ring != nil {
+			putURing(ring)
+		}
+	}()
 	for {
 		f.mu.Lock()
 		n := copy(chunk[:], f.list[f.next:])
@@ -64,9 +78,112 @@ func (f *fanout) work() {
 			return
 		}
 		f.mu.Unlock()
+		if ring != nil && n > 1 {
+			if err := pushAll(ring, chunk[:n]); err != nil {
+				dropURing(ring) // its state is unknown; the next worker makes another
+				ring = nil
+			}
+			clear(chunk[:n])
+			continue
+		}
 		for i, c := range chunk[:n] {
 			c.push(&buf)
 			chunk[i] = nil
 		}
+	}
+}
+
+// uringScratch is a ring's room for one chunk, kept with the ring so that
+// a worker starting allocates nothing.
+type uringScratch struct {
+	fds   [fanChunk]int32
+	bufs  [fanChunk][]byte
+	res   [fanChunk]int32
+	built [fanChunk][]byte // where a connection's frames are put together
+	slots [fanChunk]pushSlot
+}
+
+// pushSlot is one connection's part of pushAll.
+type pushSlot struct {
+	c      *wsConn
+	batch  []*entry
+	b      []byte
+	shared bool
+	done   bool
+	tried  bool
+	err    error
+}
+
+// uringNoAnswer marks a send the kernel has not answered: no send(2)
+// returns it.
+const uringNoAnswer = math.MinInt32
+
+// uringKeepBytes bounds the frames a ring keeps room for, per connection
+// of its chunk: rings live as long as the process.
+const uringKeepBytes = 16 << 10
+
+var errUringLost = errors.New("io_uring failed before the send was answered")
+
+// pushAll is push for a chunk of connections, their writes made together
+// in one system call. Each socket is held (its corkConn lock) from before
+// the call until its answer is read, so it cannot be closed, and its
+// descriptor reused, while the kernel has it. What a full socket did not
+// take goes to the connection's own writer, as in push. It returns the
+// ring's error, after which the ring must not be used again; the sends it
+// left unanswered fail their connections, which then resume elsewhere or
+// again from their last id.
+func pushAll(r *uring, chunk []*wsConn) error {
+	k := 0
+	for _, c := range chunk {
+		batch := c.take(nil)
+		if batch == nil {
+			continue
+		}
+		b, shared := c.assemble(batch, r.built[k][:0])
+		if !shared && cap(b) <= uringKeepBytes {
+			r.built[k] = b[:0]
+		}
+		fd, err := c.sock.begin()
+		if fd < 0 {
+			c.pushed(batch, false, err != nil, err)
+			continue
+		}
+		r.slots[k] = pushSlot{c: c, batch: batch, b: b, shared: shared}
+		r.fds[k], r.bufs[k] = fd, b
+		k++
+	}
+	if k == 0 {
+		return nil
+	}
+	err := r.send(r.fds[:k], r.bufs[:k], r.res[:k])
+	// Every socket is let go before any connection goes on: going on may
+	// take other locks (the hub's, to refill its credit).
+	for i := range k {
+		s := &r.slots[i]
+		n, werr := sendResult(r.res[i])
+		s.done, s.tried, s.err = s.c.sock.end(s.b, s.shared, n, werr)
+	}
+	clear(r.bufs[:k])
+	chunk[0].t.metrics.uringSent(k)
+	for i := range k {
+		s := r.slots[i]
+		r.slots[i] = pushSlot{}
+		s.c.pushed(s.batch, s.done, s.tried, s.err)
+	}
+	return err
+}
+
+// sendResult reads a send's answer as write(2)'s: EAGAIN is no room, not
+// an error.
+func sendResult(res int32) (int, error) {
+	switch {
+	case res >= 0:
+		return int(res), nil
+	case res == uringNoAnswer:
+		return 0, errUringLost
+	case syscall.Errno(-res) == syscall.EAGAIN:
+		return 0, nil
+	default:
+		return 0, syscall.Errno(-res)
 	}
 }

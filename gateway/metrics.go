@@ -109,6 +109,7 @@ type metrics struct {
 	replays     *prometheus.CounterVec
 	resets      *prometheus.CounterVec
 	full        prometheus.Counter
+	uringSends  prometheus.Counter
 }
 
 func newMetrics(s *Server, src Sources) *metrics {
@@ -136,7 +137,11 @@ func newMetrics(s *Server, src Sources) *metrics {
 		Name: "rtgw_ws_socket_full_total",
 		Help: "WebSocket writes that found the client's socket full (its kernel send buffer), so that a writer of the connection's own waited for room: slow clients, or a congested network. Nothing is lost; the send queue, the replay window and 4008 apply as usual.",
 	})
-	m.reg.MustRegister(lag, m.disconnects, m.replays, m.resets, m.full)
+	m.uringSends = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rtgw_ws_io_uring_sends_total",
+		Help: "WebSocket writes the fan-out made through io_uring, many sockets in one system call. It stays at zero where the kernel refuses io_uring (a seccomp profile, kernel.io_uring_disabled, Linux before 5.12) or GATEWAY_IO_URING is false: every write is then a write(2).",
+	})
+	m.reg.MustRegister(lag, m.disconnects, m.replays, m.resets, m.full, m.uringSends)
 	for i, name := range transportNames {
 		// Children are resolved once: an observation is then a few atomic
 		// operations, with no label lookup.
@@ -270,6 +275,13 @@ func (m *metrics) deliveredAll(tr transport, evs []*entry) {
 func (m *metrics) socketFull() {
 	if m != nil {
 		m.full.Inc()
+	}
+}
+
+// uringSent counts n writes made through io_uring.
+func (m *metrics) uringSent(n int) {
+	if m != nil {
+		m.uringSends.Add(float64(n))
 	}
 }
 

@@ -130,13 +130,15 @@ var benchServers = []struct {
 
 // startOurs serves the gateway's routes with its defaults, without
 // authentication or limits on connection counts.
-func startOurs(tb testing.TB) benchServer { return startOursWith(tb, false) }
+func startOurs(tb testing.TB) benchServer { return startOursWith(tb, func(*Options) {}) }
 
-// startOursWith is startOurs with GATEWAY_WS_COMPRESSION as compress says.
-func startOursWith(tb testing.TB, compress bool) benchServer {
-	s := New(slog.New(slog.DiscardHandler), nil, nil, Options{Window: 10000, SendQueue: 256, WriteTimeout: 10 * time.Second,
+// startOursWith is startOurs with the options as set changes them.
+func startOursWith(tb testing.TB, set func(*Options)) benchServer {
+	opt := Options{Window: 10000, SendQueue: 256, WriteTimeout: 10 * time.Second,
 		MaxMessageBytes: 4096, MessageRate: 2, MessageBurst: 20, HeaderTimeout: 10 * time.Second,
-		HandshakeTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32768, Compression: compress})
+		HandshakeTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32768}
+	set(&opt)
+	s := New(slog.New(slog.DiscardHandler), nil, nil, opt)
 	s.Hub().Load(nil, notify.Position{}, true)
 	srv := s.HTTPServer()
 	url := serveBench(tb, srv)
@@ -187,15 +189,18 @@ func serveBench(tb testing.TB, srv *http.Server) string {
 func BenchmarkFanOut(b *testing.B) {
 	for _, n := range benchConns(1000, 10000) {
 		for _, impl := range benchServers {
-			for _, mode := range []string{"single", "batch", "deflate"} {
+			for _, mode := range []string{"single", "single-write", "batch", "deflate"} {
 				if impl.name == "melody" && mode != "single" {
 					continue // melody has one frame per message, and our benchmark melody no compression
 				}
 				b.Run(fmt.Sprintf("conns=%d/%s/%s", n, impl.name, mode), func(b *testing.B) {
 					var srv benchServer
-					if mode == "deflate" {
-						srv = startOursWith(b, true)
-					} else {
+					switch mode {
+					case "deflate":
+						srv = startOursWith(b, func(o *Options) { o.Compression = true })
+					case "single-write": // a write(2) per socket, as without io_uring
+						srv = startOursWith(b, func(o *Options) { o.NoIOURing = true })
+					default:
 						srv = impl.start(b)
 					}
 					q := ""

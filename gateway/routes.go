@@ -41,6 +41,7 @@ type Options struct {
 	MaxHeaderBytes   int            // request line and headers
 	SendBuffer       int            // SO_SNDBUF of client sockets; 0: the OS's
 	Compression      bool           // offer permessage-deflate; each event compressed once
+	NoIOURing        bool           // write each socket with its own write(2), even where io_uring is allowed
 
 	OpsToken     string  // token for /ops; empty: the app's access token, or open without auth
 	MetricsRoute bool    // serve /metrics on Handler (else the caller serves MetricsHandler elsewhere, or not at all)

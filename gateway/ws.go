@@ -85,9 +85,15 @@ func newWS(hub *Hub, logger *slog.Logger, opt Options, addrs *addrSlots) *wsTran
 	t := &wsTransport{hub: hub, auth: opt.Auth, log: logger, writeTimeout: opt.WriteTimeout,
 		conns: newRegistry(perUser, opt.MaxConns), addrs: addrs, clients: clientAddrs{trusted: opt.TrustedProxies},
 		queue: int32(opt.SendQueue), maxMessage: opt.MaxMessageBytes, msgRate: rate.Inf, msgBurst: opt.MessageBurst,
-		fan: newFanout()}
+		fan: newFanout(!opt.NoIOURing)}
 	if opt.MessageRate > 0 {
 		t.msgRate = rate.Limit(opt.MessageRate)
+	}
+	if !opt.NoIOURing {
+		if err := uringUsable(); err != nil {
+			t.fan.uring = false
+			logger.Info("websocket writes: one write(2) per socket, io_uring is not available", "err", err)
+		}
 	}
 	t.up = websocket.Upgrader{
 		ReadBufferSize:  readBufferSize,

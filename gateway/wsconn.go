@@ -164,6 +164,13 @@ func (c *wsConn) push(buf *[]byte) {
 		*buf = b[:0]
 	}
 	done, tried, err := c.sock.tryWrite(b, shared)
+	c.pushed(batch, done, tried, err)
+}
+
+// pushed goes on after the fan-out's write of batch: done, all of it is
+// in the socket; tried, part of it may be (the socket keeps the rest);
+// err, the socket is broken.
+func (c *wsConn) pushed(batch []*entry, done, tried bool, err error) {
 	switch {
 	case err != nil:
 		c.fail(err)

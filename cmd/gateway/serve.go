@@ -119,6 +119,7 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 		MaxHeaderBytes:   cfg.MaxHeaderBytes,
 		SendBuffer:       cfg.SendBuffer,
 		Compression:      cfg.Compression,
+		NoIOURing:        !cfg.IOURing,
 		OpsToken:         cfg.OpsToken,
 		MetricsRoute:     cfg.MetricsAddr == "",
 		Sources: gateway.Sources{
