@@ -99,72 +99,101 @@ type uringScratch struct {
 	fds   [fanChunk]int32
 	bufs  [fanChunk][]byte
 	res   [fanChunk]int32
-	built [fanChunk][]byte // where a connection's frames are put together
 	slots [fanChunk]pushSlot
+	arena []byte // where connections' frames are put together, one after another
 }
 
 // pushSlot is one connection's part of pushAll.
 type pushSlot struct {
-	c      *wsConn
-	batch  []*entry
-	b      []byte
-	shared bool
-	done   bool
-	tried  bool
-	err    error
+	c          *wsConn
+	batch      []*entry
+	b          []byte // the frame when shared (an entry's own bytes)
+	start, end int    // else where its bytes are in the arena
+	shared     bool
+	done       bool
+	tried      bool
+	err        error
 }
 
 // uringNoAnswer marks a send the kernel has not answered: no send(2)
 // returns it.
 const uringNoAnswer = math.MinInt32
 
-// uringKeepBytes bounds the frames a ring keeps room for, per connection
-// of its chunk: rings live as long as the process.
-const uringKeepBytes = 16 << 10
+// uringArenaBytes is about as much as one system call sends of frames put
+// together for it (queued frames, ?batch=1 arrays); a ring keeps its arena
+// up to twice that, and rings live as long as the process.
+const uringArenaBytes = 128 << 10
 
 var errUringLost = errors.New("io_uring failed before the send was answered")
 
 // pushAll is push for a chunk of connections, their writes made together
-// in one system call. Each socket is held (its corkConn lock) from before
-// the call until its answer is read, so it cannot be closed, and its
-// descriptor reused, while the kernel has it. What a full socket did not
-// take goes to the connection's own writer, as in push. It returns the
-// ring's error, after which the ring must not be used again; the sends it
-// left unanswered fail their connections, which then resume elsewhere or
-// again from their last id.
+// in one system call (or a few, when much was queued). Each socket is held
+// (its corkConn lock) from before the call until its answer is read, so it
+// cannot be closed, and its descriptor reused, while the kernel has it.
+// What a full socket did not take goes to the connection's own writer, as
+// in push. It returns the ring's error, after which the ring must not be
+// used again; the sends it left unanswered fail their connections, which
+// then resume elsewhere or again from their last id.
 func pushAll(r *uring, chunk []*wsConn) error {
 	k := 0
-	for _, c := range chunk {
+	r.arena = r.arena[:0]
+	for i, c := range chunk {
 		batch := c.take(nil)
 		if batch == nil {
 			continue
 		}
-		b, shared := c.assemble(batch, r.built[k][:0])
-		if !shared && cap(b) <= uringKeepBytes {
-			r.built[k] = b[:0]
+		start := len(r.arena)
+		b, shared := c.assemble(batch, r.arena)
+		if !shared {
+			r.arena, b = b, nil
 		}
 		fd, err := c.sock.begin()
 		if fd < 0 {
+			r.arena = r.arena[:start]
 			c.pushed(batch, false, err != nil, err)
 			continue
 		}
-		r.slots[k] = pushSlot{c: c, batch: batch, b: b, shared: shared}
-		r.fds[k], r.bufs[k] = fd, b
+		r.slots[k] = pushSlot{c: c, batch: batch, b: b, start: start, end: len(r.arena), shared: shared}
+		r.fds[k] = fd
 		k++
+		if len(r.arena) >= uringArenaBytes && i < len(chunk)-1 {
+			if err := r.flush(k); err != nil {
+				return err
+			}
+			k, r.arena = 0, r.arena[:0]
+		}
 	}
+	err := r.flush(k)
+	if cap(r.arena) > 2*uringArenaBytes {
+		r.arena = nil // a burst's: do not keep it
+	}
+	return err
+}
+
+// flush sends the first k slots' frames in one system call and goes on
+// with each connection as push does.
+func (r *uring) flush(k int) error {
 	if k == 0 {
 		return nil
 	}
+	for i := range k {
+		s := &r.slots[i]
+		if !s.shared {
+			s.b = r.arena[s.start:s.end]
+		}
+		r.bufs[i] = s.b
+	}
 	err := r.send(r.fds[:k], r.bufs[:k], r.res[:k])
 	// Every socket is let go before any connection goes on: going on may
-	// take other locks (the hub's, to refill its credit).
+	// take other locks (the hub's, to refill its credit). end copies what
+	// a socket did not take out of the arena.
 	for i := range k {
 		s := &r.slots[i]
 		n, werr := sendResult(r.res[i])
 		s.done, s.tried, s.err = s.c.sock.end(s.b, s.shared, n, werr)
 	}
 	clear(r.bufs[:k])
-	chunk[0].t.metrics.uringSent(k)
+	r.slots[0].c.t.metrics.uringSent(k)
 	for i := range k {
 		s := r.slots[i]
 		r.slots[i] = pushSlot{}

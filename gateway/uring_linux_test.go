@@ -57,15 +57,10 @@ func TestURingSendsEachBufferToItsSocket(t *testing.T) {
 	defer pr.Close()
 	defer pw.Close()
 
-	for { // fill it behind its back: it has nothing unfinished, and no room
-		n, err := full.raw.Write(make([]byte, 64<<10))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-	}
+	// A full socket: a Unix one, whose room does not come back by itself
+	// as a TCP socket's may (its buffer grows as acknowledgements come).
+	// Its answer is handed to full, a TCP socket held as if it were full.
+	unixFull := fullUnixSocket(t)
 	if _, tried, _ := busy.tryWrite(frameOf('z', 1<<20), true); !tried {
 		t.Fatal("could not leave a frame unfinished in a socket")
 	}
@@ -87,6 +82,7 @@ func TestURingSendsEachBufferToItsSocket(t *testing.T) {
 		}
 		fds = append(fds, fd)
 	}
+	fds[3] = unixFull
 	fds = append(fds, int32(pw.Fd()))
 	res := make([]int32, len(frames))
 	if err := r.send(fds, frames, res); err != nil {
@@ -265,4 +261,31 @@ func fanOutEvents(t *testing.T, uring bool) {
 	if !uring && sent != 0 {
 		t.Errorf("%v writes went through io_uring with it turned off", sent)
 	}
+}
+
+// fullUnixSocket returns one end of a Unix stream socket pair with no room
+// left to send.
+func fullUnixSocket(t *testing.T) int32 {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fds[0]); syscall.Close(fds[1]) })
+	if err := syscall.SetNonblock(fds[0], true); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4096)
+	for size := len(b); size > 0; size /= 2 { // smaller writes fill what a bigger one could not
+		for {
+			_, err := syscall.Write(fds[0], b[:size])
+			if errors.Is(err, syscall.EAGAIN) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return int32(fds[0])
 }
