@@ -120,6 +120,7 @@ type benchServer struct {
 	url     string                   // ws://.../ without a query
 	publish func(evs []notify.Event) // one event after another, in order
 	conns   func() int               // connections the server still holds
+	ours    *Server                  // nil for melody
 }
 
 // benchServers are the implementations each socket benchmark compares.
@@ -148,7 +149,7 @@ func startOursWith(tb testing.TB, set func(*Options)) benchServer {
 		s.Close(ctx)
 		_ = srv.Close()
 	})
-	return benchServer{url: url + "/api/v1/budget/ws", publish: s.Hub().Publish, conns: s.Hub().Len}
+	return benchServer{url: url + "/api/v1/budget/ws", publish: s.Hub().Publish, conns: s.Hub().Len, ours: s}
 }
 
 // startMelody is the baseline: a bare melody server that broadcasts each

@@ -192,18 +192,21 @@ func (r *uring) send(fds []int32, bufs [][]byte, res []int32) error {
 	// of them waits for room), so their answers are in the completion
 	// ring when it returns. A raw call, as for writeNoPark: it never
 	// sleeps, and the Go scheduler need not take the processor from it.
-	var submitted, got uint32
+	var submitted uint32
 	for try := 0; submitted < n; try++ {
 		k, _, errno := syscall.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(n-submitted), 0, 0, 0, 0)
-		if (errno == syscall.EINTR || errno == syscall.EAGAIN) && try < 100 {
-			continue // interrupted, or the kernel was short of memory for a moment
-		}
-		if errno != 0 {
+		switch {
+		case errno == 0 && k > 0:
+			submitted += uint32(k)
+		case try >= 100:
+			return fmt.Errorf("submit to io_uring: %d of %d taken (%v)", submitted, n, errno)
+		case errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN:
 			return fmt.Errorf("submit to io_uring: %w", errno)
 		}
-		submitted += uint32(k)
+		// Nothing taken: interrupted, or the kernel was short of memory
+		// for a moment; bounded, so that it cannot spin.
 	}
-	got += r.reap(res)
+	got := r.reap(res)
 	for got < n {
 		// Some were not done in the call (the kernel handed them to a
 		// worker): wait for them, as a call that may sleep.

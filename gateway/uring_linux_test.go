@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -155,18 +154,12 @@ func fanOutEvents(t *testing.T, uring bool) {
 		fast   = 3 * fanChunk // several chunks of sockets
 		events = 64
 	)
-	s := New(slog.New(slog.DiscardHandler), nil, nil, Options{Window: 1000, SendQueue: 256, WriteTimeout: 30 * time.Second,
-		MaxMessageBytes: 4096, MessageBurst: 20, HeaderTimeout: 10 * time.Second, HandshakeTimeout: 10 * time.Second,
-		IdleTimeout: time.Minute, MaxHeaderBytes: 32768, SendBuffer: 8192, NoIOURing: !uring})
-	s.Hub().Load(nil, notify.Position{}, true)
-	srv := s.HTTPServer()
-	url := serveBench(t, srv)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.Close(ctx)
-		_ = srv.Close()
+	srv := startOursWith(t, func(o *Options) {
+		o.WriteTimeout = 30 * time.Second // the slow socket is read last
+		o.SendBuffer = 8192
+		o.NoIOURing = !uring
 	})
+	s := srv.ours
 	dial := func(rcvbuf int) *websocket.Conn {
 		d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			nd := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
@@ -182,7 +175,7 @@ func fanOutEvents(t *testing.T, uring bool) {
 			}}
 			return nd.DialContext(ctx, network, addr)
 		}}
-		ws, _, err := d.Dial(url+"/api/v1/budget/ws", http.Header{})
+		ws, _, err := d.Dial(srv.url, http.Header{})
 		if err != nil {
 			t.Fatal(err)
 		}
