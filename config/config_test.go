@@ -17,6 +17,8 @@ func TestLoadDefaults(t *testing.T) {
 	want := Config{
 		DatabaseURL:     "postgres://db/app",
 		Addr:            ":8080",
+		Capture:         "triggers",
+		CaptureSlot:     "rtgw",
 		Track:           "facts:budget_fact,articles:article",
 		MaxConnsUser:    10,
 		MaxConns:        500,
@@ -103,6 +105,8 @@ func TestLoadOverrides(t *testing.T) {
 		"GATEWAY_MAX_HEADER_BYTES=1000",
 		"GATEWAY_SOCKET_SEND_BUFFER=16384",
 		"GATEWAY_IO_URING=false",
+		"GATEWAY_CAPTURE=decoding",
+		"GATEWAY_CAPTURE_SLOT=rtgw_budget",
 	})
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -110,6 +114,8 @@ func TestLoadOverrides(t *testing.T) {
 	want := Config{
 		DatabaseURL:     "postgres://db/app",
 		Addr:            "127.0.0.1:9000",
+		Capture:         "decoding",
+		CaptureSlot:     "rtgw_budget",
 		Track:           "public.facts:fact:amount|fact_date",
 		JWTSecret:       "s3cret",
 		UserActiveSQL:   "SELECT true",
@@ -221,6 +227,10 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"GATEWAY_MAX_HEADER_BYTES"}, []string{"at least 1"}},
 		{"send buffer negative", []string{db, "GATEWAY_SOCKET_SEND_BUFFER=-1"},
 			[]string{"GATEWAY_SOCKET_SEND_BUFFER"}, []string{"not be negative"}},
+		{"capture unknown", []string{db, "GATEWAY_CAPTURE=wal2json"},
+			[]string{"GATEWAY_CAPTURE"}, []string{"triggers or decoding"}},
+		{"capture slot not a slot name", []string{db, "GATEWAY_CAPTURE_SLOT=Rtgw-1"},
+			[]string{"GATEWAY_CAPTURE_SLOT"}, []string{"lower-case"}},
 		{"several at once", []string{db, "GATEWAY_SEND_QUEUE=0", "GATEWAY_LOG_FORMAT=xml", "GATEWAY_SSE_HEARTBEAT=-1ms"},
 			[]string{"GATEWAY_SEND_QUEUE"}, []string{"GATEWAY_LOG_FORMAT", "GATEWAY_SSE_HEARTBEAT"}},
 	}

@@ -25,6 +25,8 @@ type Sources struct {
 	// BadInput returns the bad notifications and bad log rows skipped so
 	// far, by kind (notify.Follower.Stats, where the follower has it).
 	BadInput func() (notifications, rows map[string]uint64)
+	// Capture reports capture by logical decoding (notify.Capture.Stats).
+	Capture func() notify.CaptureStats
 }
 
 // transport names a client transport in metrics.
@@ -203,6 +205,20 @@ func newMetrics(s *Server, src Sources) *metrics {
 	}
 	if src.BadInput != nil {
 		m.reg.MustRegister(badInputCollector(src.BadInput))
+	}
+	if src.Capture != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rtgw_capture_streaming",
+			Help: "1 while this gateway reads the capture slot (capture by logical decoding; one replica at a time).",
+		}, func() float64 { return b2f(src.Capture().Streaming) }))
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "rtgw_capture_transactions_total",
+			Help: "Transactions this gateway decoded from the capture slot and wrote to the event log (with any the slot sent again after a reconnect, which the log skips).",
+		}, func() float64 { return float64(src.Capture().Transactions) }))
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rtgw_capture_confirmed_lsn_bytes",
+			Help: "WAL position this gateway last confirmed to the capture slot, in bytes; compare with pg_current_wal_lsn() for the lag.",
+		}, func() float64 { return float64(src.Capture().Confirmed) }))
 	}
 	return m
 }

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
 	rtsql "github.com/budget-rt/gateway/sql"
@@ -107,4 +111,78 @@ func CheckRules(ctx context.Context, q interface {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CaptureByDecoding switches the database to capture by logical decoding
+// from slot: it creates the pgoutput slot if missing (before the switch, so
+// that every transaction after the triggers go is in it) and calls
+// rtgw.capture_by. The server needs wal_level = logical, and the role the
+// REPLICATION attribute. Running it again changes nothing.
+func CaptureByDecoding(ctx context.Context, conn *pgx.Conn, slot string) error {
+	// A slot is created outside any transaction that has written.
+	_, err := conn.Exec(ctx, `
+SELECT pg_create_logical_replication_slot($1, 'pgoutput')
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)
+  AND current_setting('wal_level') = 'logical'`, slot)
+	if err != nil {
+		return fmt.Errorf("create capture slot %s: %w", slot, err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT rtgw.capture_by('decoding', $1)`, slot); err != nil {
+		return fmt.Errorf("switch capture to decoding: %w", err)
+	}
+	return nil
+}
+
+// CaptureByTriggers switches the database back to capture by triggers (the
+// default). When it captures by decoding, writers of the tracked tables wait
+// while everything committed before the switch is written from the slot
+// (seqs follow commit order across the switch); this reads the slot itself
+// meanwhile, unless a gateway does, and returns once the slot is dropped.
+func CaptureByTriggers(ctx context.Context, conn *pgx.Conn, dbURL string, logger *slog.Logger) error {
+	var active bool
+	err := conn.QueryRow(ctx, `
+SELECT coalesce((SELECT active FROM rtgw.decoding), false) WHERE to_regclass('rtgw.decoding') IS NOT NULL`).Scan(&active)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("read capture mode: %w", err)
+	}
+	if !active {
+		return nil
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("open database pool: %w", err)
+	}
+	defer pool.Close()
+	rc, err := ReplicationConfig(dbURL)
+	if err != nil {
+		return fmt.Errorf("parse database url: %w", err)
+	}
+	c := &Capture{Pool: pool, Logger: logger, Idle: 100 * time.Millisecond, StatusInterval: 100 * time.Millisecond,
+		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return pgconn.ConnectConfig(ctx, rc) }}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(cctx) }()
+	defer func() { cancel(); <-done }()
+
+	if _, err := conn.Exec(ctx, `SELECT rtgw.capture_by('triggers')`); err != nil {
+		return fmt.Errorf("switch capture to triggers: %w", err)
+	}
+	// The slot's reader (this one or a gateway's) drops it next.
+	for deadline := time.Now().Add(time.Minute); ; {
+		var left bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rtgw.decoding)`).Scan(&left); err != nil {
+			return fmt.Errorf("read capture mode: %w", err)
+		}
+		if !left {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("switch capture to triggers: done, but the slot was not dropped within a minute; see the gateways' logs")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -67,6 +67,24 @@ ALTER TABLE rtgw.tracked DROP CONSTRAINT IF EXISTS tracked_batch_check;
 ALTER TABLE rtgw.tracked ADD CONSTRAINT tracked_batch_check
     CHECK (batch_event IS NULL OR batch_event ~ '^[A-Za-z_][A-Za-z0-9_]*$');
 
+-- Capture by logical decoding (GATEWAY_CAPTURE=decoding, see README,
+-- "Capture"): instead of triggers writing rtgw.event in every writer's
+-- transaction, a gateway reads the changes from a pgoutput replication slot
+-- and writes them with rtgw.ingest, off the writers' path. One row while the
+-- slot exists: its name, whether decoding is the capture in use (false while
+-- a switch back to triggers drains it), and the end of the last transaction
+-- ingested (what makes a transaction the slot sends again after a crash
+-- between ingest and the slot's confirmation count once).
+CREATE TABLE IF NOT EXISTS rtgw.decoding (
+    id     boolean PRIMARY KEY DEFAULT true CHECK (id),
+    slot   text    NOT NULL,
+    active boolean NOT NULL DEFAULT true,
+    lsn    pg_lsn  NOT NULL DEFAULT '0/0',
+    -- set by a switch back to triggers: once everything the slot holds up to
+    -- here is ingested, the gateway drops the slot and this row
+    until  pg_lsn
+);
+
 -- event_type names an event: the prefix, with {col} replaced by the row's
 -- value of col (letters, digits and _ only), then the suffix.
 CREATE OR REPLACE FUNCTION rtgw.event_type(cfg rtgw.tracked, ph text, j jsonb, suffix text) RETURNS text
@@ -274,6 +292,237 @@ BEGIN
 END
 $do$;
 
+-- mark runs before each statement on a table tracked by decoding that has
+-- settings or a batch event (the only two things the WAL does not hold):
+-- it puts a transactional message in the slot, ahead of the statement's
+-- rows, with the statement's kind and the settings' values as capture
+-- would have read them. Arguments: the tracked table's oid and its settings.
+CREATE OR REPLACE FUNCTION rtgw.mark() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    extra   text := 'null';
+    ignored text;
+BEGIN
+    IF TG_ARGV[1] <> '' THEN
+        SELECT coalesce(jsonb_object_agg(k, nullif(current_setting(v, true), '')), '{}')::text INTO extra
+        FROM jsonb_each_text(TG_ARGV[1]::jsonb) AS s(k, v);
+    END IF;
+    ignored := pg_logical_emit_message(true, 'rtgw',
+        '{"t":' || TG_ARGV[0] || ',"o":"' || left(TG_OP, 1) || '","s":' || extra || '}')::text;
+    RETURN NULL;
+END
+$fn$;
+
+-- capture_by switches how changes are captured: 'triggers' (the default)
+-- or 'decoding', which needs wal_level = logical and a pgoutput slot named
+-- slot in this database, created before the switch (gateway migrate does
+-- both). Transactions that commit between the slot's creation and the
+-- switch are both decoded and captured by triggers; rtgw.ingest keeps the
+-- triggers' copy. Switching back blocks writers of the tracked tables
+-- until the slot's reader (a gateway) has written everything committed
+-- before (up to wait), then turns the triggers on; the reader then drops
+-- the slot.
+CREATE OR REPLACE FUNCTION rtgw.capture_by(mode text, slot text DEFAULT 'rtgw', wait interval DEFAULT '60 s')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    t        rtgw.tracked;
+    here     pg_lsn;
+    deadline timestamptz;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1920232, 1);
+    IF mode = 'decoding' THEN
+        IF current_setting('wal_level') <> 'logical' THEN
+            RAISE EXCEPTION 'rtgw.capture_by: decoding needs wal_level = logical (it is %); set it and restart PostgreSQL',
+                current_setting('wal_level');
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                       WHERE s.slot_name = capture_by.slot AND s.database = current_database() AND s.plugin = 'pgoutput') THEN
+            RAISE EXCEPTION 'rtgw.capture_by: no pgoutput slot % in this database; create it first: SELECT pg_create_logical_replication_slot(%L, ''pgoutput'')',
+                slot, slot;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'rtgw') THEN
+            CREATE PUBLICATION rtgw WITH (publish = 'insert, update, delete', publish_via_partition_root = true);
+        END IF;
+        INSERT INTO rtgw.decoding AS d (slot) VALUES (slot)
+        ON CONFLICT (id) DO UPDATE SET active = true, until = NULL,
+            slot = excluded.slot, lsn = CASE WHEN d.slot = excluded.slot THEN d.lsn ELSE '0/0' END;
+    ELSIF mode = 'triggers' THEN
+        IF NOT EXISTS (SELECT 1 FROM rtgw.decoding WHERE active) THEN
+            RETURN;
+        END IF;
+        -- A trigger stamps its transaction at commit; a decoded transaction
+        -- committed earlier but not yet written would get a later seq. So
+        -- writers of tracked tables wait (readers do not) while the gateway
+        -- reading the slot writes everything committed before here; only
+        -- then do the triggers come back.
+        FOR t IN SELECT * FROM rtgw.tracked WHERE to_regclass(tbl::text) IS NOT NULL LOOP
+            EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', t.tbl);
+        END LOOP;
+        here := pg_current_wal_insert_lsn();
+        deadline := clock_timestamp() + wait;
+        LOOP
+            EXIT WHEN (SELECT s.confirmed_flush_lsn >= here FROM pg_replication_slots s
+                       JOIN rtgw.decoding d ON d.slot = s.slot_name);
+            IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN rtgw.decoding d ON d.slot = s.slot_name) THEN
+                EXIT; -- the slot is gone: nothing to wait for
+            END IF;
+            IF clock_timestamp() > deadline THEN
+                RAISE EXCEPTION 'rtgw.capture_by: the capture slot is not read up to % within %; a gateway (or gateway migrate) must be reading it to switch back',
+                    here, wait;
+            END IF;
+            PERFORM pg_sleep(0.01);
+        END LOOP;
+        UPDATE rtgw.decoding SET active = false;
+    ELSE
+        RAISE EXCEPTION 'rtgw.capture_by: mode must be triggers or decoding, not %', mode;
+    END IF;
+    FOR t IN SELECT * FROM rtgw.tracked WHERE to_regclass(tbl::text) IS NOT NULL LOOP
+        PERFORM rtgw.track(t.tbl, t.prefix, t.columns, t.settings, t.batch_event, t.batch_key);
+    END LOOP;
+    IF mode = 'triggers' THEN
+        -- Whatever commits after this transaction is the triggers'; the
+        -- reader drops the slot once it has confirmed here.
+        FOR t IN SELECT * FROM rtgw.tracked LOOP
+            IF EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                       WHERE p.pubname = 'rtgw' AND r.prrelid = t.tbl) THEN
+                EXECUTE format('ALTER PUBLICATION rtgw DROP TABLE %s', t.tbl);
+            END IF;
+        END LOOP;
+        UPDATE rtgw.decoding SET until = here;
+    END IF;
+END
+$fn$;
+
+-- ingest writes what a gateway decoded from the slot: a JSON array of
+-- committed transactions in commit order, each
+--   {"x": 32-bit xid, "l": end LSN, "c": commit time,
+--    "g": [{"t": table oid, "o": "I"|"U"|"D", "m": after a mark, "s": settings, "r": [rows]}]}
+-- where a row maps column names to their text (json and jsonb columns as
+-- JSON). It gives the transactions their seqs under the commit lock, in
+-- that order, projects the rows exactly as rtgw.capture does (through the
+-- table's row type: the same to_jsonb), and returns the last seq drawn
+-- (NULL if none). Transactions at or below rtgw.decoding.lsn (sent again
+-- after a crash) and those the triggers captured are skipped.
+CREATE OR REPLACE FUNCTION rtgw.ingest(slot_name text, batch jsonb) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $fn$
+DECLARE
+    done    pg_lsn;
+    upto    pg_lsn;
+    nxt     bigint;
+    t       oid;
+    n       bigint;
+    first   bigint;
+    prev    timestamptz;
+    ignored text;
+BEGIN
+    -- The stamps' lock: seqs drawn here follow those of any trigger-captured
+    -- transaction committed before, and precede those after.
+    ignored := pg_advisory_xact_lock(1920232, 2)::text;
+    SELECT d.lsn INTO done FROM rtgw.decoding d WHERE d.slot = slot_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rtgw.ingest: % is not the capture slot (see rtgw.decoding)', slot_name;
+    END IF;
+    SELECT max((v ->> 'l')::pg_lsn) INTO upto FROM jsonb_array_elements(batch) v;
+    IF upto IS NULL OR upto <= done THEN
+        RETURN NULL;
+    END IF;
+    -- The slot names transactions by 32-bit xid; all of them are older than
+    -- the next xid, which tells their epoch.
+    nxt := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+
+    IF to_regclass('pg_temp.rtgw_ingest') IS NULL THEN
+        CREATE TEMP TABLE rtgw_ingest (
+            tx int, xid xid8, at timestamptz, g int, tbl oid, op "char", marked boolean,
+            extra jsonb, ord int, r jsonb, j jsonb) ON COMMIT DELETE ROWS;
+    END IF;
+    INSERT INTO rtgw_ingest (tx, xid, at, g, tbl, op, marked, extra, ord, r)
+    SELECT x.n,
+           ((((nxt >> 32) - CASE WHEN (x.v ->> 'x')::bigint > (nxt & 4294967295) THEN 1 ELSE 0 END) << 32)
+            | (x.v ->> 'x')::bigint)::text::xid8,
+           (x.v ->> 'c')::timestamptz, g.n, (g.v ->> 't')::oid, (g.v ->> 'o')::"char",
+           coalesce((g.v ->> 'm')::boolean, false), nullif(g.v -> 's', 'null'), r.n, r.v
+    FROM jsonb_array_elements(batch) WITH ORDINALITY x(v, n)
+    CROSS JOIN LATERAL jsonb_array_elements(x.v -> 'g') WITH ORDINALITY g(v, n)
+    CROSS JOIN LATERAL jsonb_array_elements(g.v -> 'r') WITH ORDINALITY r(v, n)
+    WHERE (x.v ->> 'l')::pg_lsn > done;
+    DELETE FROM rtgw_ingest i
+    WHERE NOT EXISTS (SELECT 1 FROM rtgw.tracked c JOIN pg_class k ON k.oid = c.tbl WHERE c.tbl = i.tbl)
+       OR EXISTS (SELECT 1 FROM rtgw.event e WHERE e.xid = i.xid)
+       OR EXISTS (SELECT 1 FROM rtgw.tx x WHERE x.xid = i.xid);
+
+    -- Text to the table's row type and on to jsonb: the same projection as
+    -- capture's to_jsonb(row). A value the type no longer reads (the column
+    -- changed type since) keeps the row as text rather than stop the stream.
+    FOR t IN SELECT DISTINCT i.tbl FROM rtgw_ingest i LOOP
+        BEGIN
+            EXECUTE format('UPDATE rtgw_ingest SET j = to_jsonb(jsonb_populate_record(NULL::%s, r)) WHERE tbl = $1',
+                           t::regclass) USING t;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'rtgw.ingest: rows of % kept as text: %', t::regclass, SQLERRM;
+            UPDATE rtgw_ingest SET j = r WHERE tbl = t;
+        END;
+    END LOOP;
+
+    -- Events in transaction order, then the order of their statements, then
+    -- of rows. set_config in the outer select, row by row after the sort,
+    -- tells the stamp trigger's WHEN that each transaction is seen to: these
+    -- transactions get their rtgw.tx rows below, not at this commit.
+    INSERT INTO rtgw.event (xid, tbl, op, type, data)
+    SELECT CASE WHEN set_config('rtgw.stamp_xid', e.xid::text, true) IS NOT NULL THEN e.xid END,
+           e.tbl, e.op, e.type, e.data
+    FROM (
+        SELECT i.tx, i.g, i.ord AS o, i.xid, c.tbl::text AS tbl, i.op,
+               rtgw.event_type(c, '{' || c.prefix_col || '}', i.j,
+                               CASE i.op WHEN 'I' THEN '_created' WHEN 'U' THEN '_updated' ELSE '_deleted' END) AS type,
+               CASE WHEN c.columns IS NULL THEN i.j
+                    ELSE i.j - ARRAY(SELECT k FROM jsonb_object_keys(i.j) k WHERE k <> ALL (c.columns || c.pk)) END
+               || coalesce(i.extra, (SELECT jsonb_object_agg(k, NULL) FROM jsonb_object_keys(c.settings) k), '{}') AS data
+        FROM rtgw_ingest i JOIN rtgw.tracked c ON c.tbl = i.tbl
+        WHERE NOT (i.op = 'D' AND i.marked AND c.batch_event IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM rtgw_ingest b WHERE b.tx = i.tx AND b.g = i.g AND b.ord = 2))
+        UNION ALL
+        -- A DELETE of several rows as capture sends it: one event per 1,000.
+        SELECT b.tx, b.g, b.chunk * 1000, b.xid, c.tbl::text, 'D', c.batch_event,
+               jsonb_build_object(coalesce(c.batch_key, 'ids'), b.ids, 'keys', b.keys, 'deleted_count', b.n)
+               || coalesce(b.extra, (SELECT jsonb_object_agg(k, NULL) FROM jsonb_object_keys(c.settings) k), '{}')
+        FROM (SELECT i.tx, i.g, (i.ord - 1) / 1000 AS chunk, i.xid, i.tbl, i.extra,
+                     jsonb_agg(i.j -> c.pk[1] ORDER BY i.ord) AS ids,
+                     jsonb_agg(i.j - ARRAY(SELECT k FROM jsonb_object_keys(i.j) k WHERE k <> ALL (c.pk)) ORDER BY i.ord) AS keys,
+                     count(*) AS n
+              FROM rtgw_ingest i JOIN rtgw.tracked c ON c.tbl = i.tbl
+              WHERE i.op = 'D' AND i.marked AND c.batch_event IS NOT NULL
+                AND EXISTS (SELECT 1 FROM rtgw_ingest b WHERE b.tx = i.tx AND b.g = i.g AND b.ord = 2)
+              GROUP BY i.tx, i.g, (i.ord - 1) / 1000, i.xid, i.tbl, i.extra) b
+        JOIN rtgw.tracked c ON c.tbl = b.tbl
+        ORDER BY 1, 2, 3
+    ) e;
+
+    -- One rtgw.tx row per transaction with events, seqs consecutive in
+    -- commit order (nobody else draws one while the lock is held); commit
+    -- times strictly increase with seq, as stamp keeps them.
+    SELECT count(DISTINCT tx) INTO n FROM rtgw_ingest;
+    IF n > 0 THEN
+        first := nextval('rtgw.tx_seq');
+        IF n > 1 THEN
+            PERFORM setval('rtgw.tx_seq', first + n - 1);
+        END IF;
+        SELECT CASE WHEN isfinite(p.committed_at) THEN p.committed_at END INTO prev
+        FROM rtgw.tx p WHERE p.seq IS NOT NULL ORDER BY p.seq DESC LIMIT 1;
+        INSERT INTO rtgw.tx (xid, seq, committed_at)
+        SELECT d.xid, first + d.k - 1,
+               greatest(max(d.at - d.k * interval '1 microsecond') OVER (ORDER BY d.k),
+                        prev) + d.k * interval '1 microsecond'
+        FROM (SELECT tx, xid, at, row_number() OVER (ORDER BY tx) AS k
+              FROM (SELECT DISTINCT tx, xid, at FROM rtgw_ingest) u) d;
+    END IF;
+    UPDATE rtgw.decoding SET lsn = upto;
+    IF n > 0 AND pg_notification_queue_usage() < 0.5 THEN
+        ignored := pg_notify('rtgw', (first + n - 1)::text)::text;
+    END IF;
+    RETURN CASE WHEN n > 0 THEN first + n - 1 END;
+END
+$fn$;
+
 -- track starts (or re-configures) tracking of a table. Events are named
 -- <prefix>_created, <prefix>_updated and <prefix>_deleted; a prefix may take
 -- one column's value, as in '{record_type}' (fact_created, plan_created).
@@ -297,6 +546,7 @@ DECLARE
     col  text;
     part regclass;
     op   text;
+    decoding boolean;
 BEGIN
     IF (SELECT relispartition FROM pg_class WHERE oid = tbl) THEN
         RAISE EXCEPTION 'rtgw.track: % is a partition; track its parent table', tbl;
@@ -330,9 +580,12 @@ BEGIN
                   prefix_col = excluded.prefix_col, settings = excluded.settings,
                   batch_event = excluded.batch_event, batch_key = excluded.batch_key;
 
+    decoding := coalesce((SELECT d.active FROM rtgw.decoding d), false);
     FOR part IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS rtgw_mark ON %s', part);
         FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'rtgw_' || op, part);
+            CONTINUE WHEN decoding;
             EXECUTE format(
                 'CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION rtgw.capture(%L)',
                 'rtgw_' || op, upper(op), part,
@@ -341,7 +594,26 @@ BEGIN
                         ELSE 'OLD TABLE AS old_rows' END,
                 tbl::oid);
         END LOOP;
+        IF decoding THEN
+            -- The slot must carry whole rows: a delete's (routing filters on
+            -- its columns) and an update's unchanged TOASTed values, which
+            -- the new row does not repeat.
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
+            -- Only what the WAL does not hold needs a trigger: settings
+            -- (SET LOCAL values) and, for batch deletes, where a statement
+            -- starts. The mark is a transactional message in the slot, read
+            -- before the statement's rows.
+            IF settings IS NOT NULL OR batch_event IS NOT NULL THEN
+                EXECUTE format(
+                    'CREATE TRIGGER rtgw_mark BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION rtgw.mark(%L, %L)',
+                    part, tbl::oid, coalesce(settings::text, ''));
+            END IF;
+        END IF;
     END LOOP;
+    IF decoding AND NOT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                                WHERE p.pubname = 'rtgw' AND r.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION rtgw ADD TABLE %s', tbl);
+    END IF;
 END
 $fn$;
 
@@ -353,10 +625,14 @@ DECLARE
     op   text;
 BEGIN
     FOR part IN SELECT relid FROM pg_partition_tree(tbl) UNION SELECT tbl LOOP
-        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'mark'] LOOP
             EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'rtgw_' || op, part);
         END LOOP;
     END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+               WHERE p.pubname = 'rtgw' AND r.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION rtgw DROP TABLE %s', tbl);
+    END IF;
     DELETE FROM rtgw.tracked t WHERE t.tbl = untrack.tbl;
 END
 $fn$;

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
@@ -58,6 +60,39 @@ func newTestDB(t *testing.T) *testDB {
 	t.Helper()
 	db := newBareDB(t, schema)
 	db.migrate(t)
+	return db
+}
+
+// newDecodingDB is newTestDB captured by logical decoding: migrated with
+// GATEWAY_CAPTURE=decoding and a slot of its own, dropped before the
+// database (and after the gateways the test starts later have stopped).
+func newDecodingDB(t *testing.T) *testDB {
+	t.Helper()
+	db := newBareDB(t, schema)
+	u, err := url.Parse(db.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := "rtgw_" + strings.TrimPrefix(u.Path, "/")
+	out := db.migrate(t, "GATEWAY_CAPTURE=decoding", "GATEWAY_CAPTURE_SLOT="+slot)
+	if !strings.Contains(out, "by logical decoding") {
+		t.Fatalf("migrate did not switch to decoding:\n%s", out)
+	}
+	t.Cleanup(func() {
+		var err error
+		for range 100 { // the walsender leaves the slot just after its gateway
+			_, err = db.pool.Exec(context.Background(),
+				`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "55006" {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("drop slot %s: %v", slot, err)
+		}
+	})
 	return db
 }
 

@@ -220,7 +220,8 @@ func TestBinary(t *testing.T) {
 			}
 			return string(out)
 		}
-		const tracking = "tracking articles as article_created, article_updated, article_deleted\n" +
+		const tracking = "capture: by triggers\n" +
+			"tracking articles as article_created, article_updated, article_deleted\n" +
 			"tracking facts as budget_fact_created, budget_fact_updated, budget_fact_deleted\n"
 		// Capture triggers on facts, its 3 partitions and articles, plus rtgw_stamp.
 		const triggers = 3*(1+3+1) + 1

@@ -15,7 +15,19 @@ import (
 // in commit order; a rolled-back transaction delivers nothing.
 func TestEveryCommitReachesEveryClientOnceInOrder(t *testing.T) {
 	t.Parallel()
-	db := newTestDB(t)
+	t.Run("triggers", func(t *testing.T) {
+		t.Parallel()
+		everyCommitOnceInOrder(t, newTestDB(t))
+	})
+	// The same guarantees when the database captures by logical decoding
+	// (the gateway writes the log from the slot).
+	t.Run("decoding", func(t *testing.T) {
+		t.Parallel()
+		everyCommitOnceInOrder(t, newDecodingDB(t))
+	})
+}
+
+func everyCommitOnceInOrder(t *testing.T, db *testDB) {
 	g := startGateway(t, db)
 	clients := []*wsClient{dialWS(t, g, ""), dialWS(t, g, ""), dialWS(t, g, "")}
 	sse := dialSSE(t, g, "", nil)

@@ -97,6 +97,17 @@ func migrate(ctx context.Context, args, environ []string, stdout, stderr io.Writ
 	if err := notify.Install(ctx, conn, tracks); err != nil {
 		return err
 	}
+	if cfg.Capture == "decoding" {
+		if err := notify.CaptureByDecoding(ctx, conn, cfg.CaptureSlot); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "capture: by logical decoding from slot %s (the gateways write the event log)\n", cfg.CaptureSlot)
+	} else {
+		if err := notify.CaptureByTriggers(ctx, conn, cfg.DatabaseURL, slog.New(slog.NewTextHandler(stderr, nil))); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "capture: by triggers")
+	}
 	all, err := notify.Tracked(ctx, conn)
 	if err != nil {
 		return err

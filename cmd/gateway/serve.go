@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -72,6 +73,19 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 			return pgx.ConnectConfig(ctx, cc)
 		},
 	}
+	replCfg, err := notify.ReplicationConfig(cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	// Idle unless the database captures by decoding (gateway migrate with
+	// GATEWAY_CAPTURE=decoding); then one replica reads the slot.
+	capture := &notify.Capture{
+		Pool:   pool,
+		Logger: logger,
+		Connect: func(ctx context.Context) (*pgconn.PgConn, error) {
+			return pgconn.ConnectConfig(ctx, replCfg)
+		},
+	}
 	auth := &gateway.Auth{Secret: []byte(cfg.JWTSecret), Claims: claims}
 	if cfg.JWTSecret == "" {
 		logger.Warn("AUTHENTICATION IS OFF (GATEWAY_INSECURE_NO_AUTH=true): anyone who reaches this gateway reads every event")
@@ -129,6 +143,7 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 				st := follower.Stats()
 				return st.BadNotifications, st.BadRows
 			},
+			Capture: capture.Stats,
 		},
 	})
 	follower.Publish = srv.Hub().Publish
@@ -161,6 +176,7 @@ func serveWith(ctx context.Context, cfg config.Config, logger *slog.Logger, ln n
 		return follower.Run(gctx)
 	})
 	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error { return capture.Run(gctx) })
 	if cfg.MetricsAddr != "" && cfg.MetricsAddr != "off" {
 		g.Go(func() error { return serveMetrics(gctx, logger, cfg.MetricsAddr, srv.MetricsHandler()) })
 	}

@@ -273,6 +273,10 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 300
 shared_buffers = 128MB
+# capture by logical decoding (one slot and one walsender per test that uses it)
+wal_level = logical
+max_replication_slots = 64
+max_wal_senders = 64
 `
 
 // New creates a cluster in a new temporary directory whose name starts with

@@ -32,6 +32,14 @@
 # stopped and how long it took to catch up.
 #
 #   MODES="untracked notify tracked decoded stored" SYNCHRONOUS_COMMIT=off cmd/rtload/pgbench/run.sh
+#
+# MODES may also add gateway: capture by logical decoding as the gateway does
+# it (GATEWAY_CAPTURE=decoding): `gateway migrate` switches facts to it and a
+# gateway, built from this checkout (needs go), reads the slot and writes the
+# event log during the run. Its line adds how far the slot was behind and how
+# long the gateway took to catch up.
+#
+#   MODES="untracked notify tracked gateway" SYNCHRONOUS_COMMIT=off cmd/rtload/pgbench/run.sh
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,8 +52,8 @@ decoding=""
 for m in $modes; do
 	case $m in
 	untracked | notify | tracked) ;;
-	decoded | stored) decoding=yes ;;
-	*) echo "run.sh: unknown mode $m (untracked, notify, tracked, decoded, stored)" >&2; exit 2 ;;
+	decoded | stored | gateway) decoding=yes ;;
+	*) echo "run.sh: unknown mode $m (untracked, notify, tracked, decoded, stored, gateway)" >&2; exit 2 ;;
 	esac
 done
 case " $modes " in
@@ -62,6 +70,14 @@ find_tool() {
 PSQL=$(find_tool psql)
 PGBENCH=$(find_tool pgbench)
 if [ -n "$decoding" ]; then RECVLOGICAL=$(find_tool pg_recvlogical); fi
+gwbin=""
+case " $modes " in
+*" gateway "*)
+	gwdir=$(mktemp -d /tmp/rtload-gateway-XXXXXX)
+	gwbin="$gwdir/gateway"
+	(cd "$repo" && go build -o "$gwbin" ./cmd/gateway)
+	;;
+esac
 
 url=${DATABASE_URL:-}
 if [ -z "$url" ]; then
@@ -113,6 +129,9 @@ unread() {
 		sleep 0.1
 	done
 	q -c "DROP PUBLICATION IF EXISTS rtload_bench; DROP TABLE IF EXISTS rtload_bench_changes" >/dev/null
+	# The gateway mode's switch, undone by hand (its slot went above): the
+	# other modes track by triggers again.
+	q -c "DELETE FROM rtgw.decoding; DROP PUBLICATION IF EXISTS rtgw" >/dev/null
 }
 
 # caught_up prints how far the slot is behind the WAL written so far, then
@@ -133,7 +152,7 @@ caught_up() {
 mode() {
 	unread
 	case $1 in
-	untracked | decoded | stored) sql="SELECT rtgw.untrack('facts'); DROP TRIGGER IF EXISTS rtload_bench_notify ON facts;" ;;
+	untracked | decoded | stored | gateway) sql="SELECT rtgw.untrack('facts'); DROP TRIGGER IF EXISTS rtload_bench_notify ON facts;" ;;
 	notify) sql="SELECT rtgw.untrack('facts'); DROP TRIGGER IF EXISTS rtload_bench_notify ON facts;
 	             CREATE TRIGGER rtload_bench_notify AFTER INSERT ON facts FOR EACH ROW EXECUTE FUNCTION rtload_bench_notify();" ;;
 	tracked) sql="DROP TRIGGER IF EXISTS rtload_bench_notify ON facts; SELECT rtgw.track('facts', 'budget_fact');" ;;
@@ -162,11 +181,24 @@ mode() {
 			"$PSQL" "$url" -X -q -v ON_ERROR_STOP=1 >/dev/null &
 		reader=$!
 		;;
+	gateway)
+		env DATABASE_URL="$url" GATEWAY_CAPTURE=decoding GATEWAY_CAPTURE_SLOT=rtload_bench GATEWAY_TRACK=facts:budget_fact \
+			"$gwbin" migrate >/dev/null
+		env DATABASE_URL="$url" GATEWAY_ADDR=127.0.0.1:0 GATEWAY_INSECURE_NO_AUTH=true GATEWAY_METRICS_ADDR=off \
+			GATEWAY_LOG_LEVEL=warn GATEWAY_PRUNE_INTERVAL=0s "$gwbin" &
+		reader=$!
+		# Measure with the gateway reading the slot, not catching up after.
+		i=0
+		while [ "$(q -Atc "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'rtload_bench' AND active")" != 1 ]; do
+			i=$((i + 1)); [ $i -lt 300 ] || { echo "run.sh: the gateway did not start reading the slot" >&2; exit 1; }
+			sleep 0.1
+		done
+		;;
 	esac
 }
 
 results=$(mktemp)
-trap 'rm -f "$results"; if [ -n "$reader" ]; then kill "$reader" 2>/dev/null; fi; ${dir:+cleanup}' EXIT
+trap 'rm -f "$results"; if [ -n "$reader" ]; then kill "$reader" 2>/dev/null; fi; ${gwbin:+rm -rf "$gwdir"}; ${dir:+cleanup}' EXIT
 echo "synchronous_commit of the benchmark sessions: ${SYNCHRONOUS_COMMIT:-the server's}; $secs s per run"
 printf '%-10s %7s %5s %10s %14s\n' mode clients round tps "latency avg ms"
 for r in $(seq "$rounds"); do
@@ -179,6 +211,9 @@ for r in $(seq "$rounds"); do
 			lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
 			extra=""
 			if [ -n "$reader" ]; then extra="  slot: $(caught_up)"; fi
+			if [ "$m" = gateway ]; then
+				extra="$extra, logged $(q -Atc "SELECT count(*) FROM rtgw.event") events of $(q -Atc "SELECT count(*) FROM facts") rows"
+			fi
 			printf '%-10s %7s %5s %10s %14s%s\n' "$m" "$c" "$r" "$tps" "$lat" "$extra"
 			echo "$m $c $tps $lat" >>"$results"
 		done

@@ -1,0 +1,469 @@
+package notify_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/budget-rt/gateway/config"
+	"github.com/budget-rt/gateway/notify"
+	"github.com/budget-rt/gateway/notify/pgtest"
+)
+
+// decodingDB returns a database whose tracked tables (created by schema,
+// tracked as tracks) are captured by logical decoding, and the slot's name.
+// The slot is dropped before the database.
+func decodingDB(t *testing.T, schema string, tracks []config.Track) (string, string) {
+	t.Helper()
+	dbURL := pgtest.NewDatabase(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := "rtgw_" + strings.TrimPrefix(u.Path, "/")
+	admin := connect(t, dbURL)
+	var level string
+	if err := admin.QueryRow(t.Context(), `SHOW wal_level`).Scan(&level); err != nil {
+		t.Fatal(err)
+	}
+	if level != "logical" {
+		t.Fatalf("capture by decoding needs wal_level = logical; the test server has %s (the cluster the tests start has it)", level)
+	}
+	mustExec(t, admin, schema)
+	if err := notify.Install(t.Context(), admin, tracks); err != nil {
+		t.Fatal(err)
+	}
+	if err := notify.CaptureByDecoding(t.Context(), admin, slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Registered after NewDatabase's, so it runs before the drop, which
+		// a slot would refuse. The capture, stopped before, may still be
+		// leaving it.
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, dbURL)
+		if err != nil {
+			t.Errorf("connect to drop slot: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		for range 100 {
+			_, err = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "55006" {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("drop slot %s: %v", slot, err)
+		}
+	})
+	return dbURL, slot
+}
+
+// startCapture runs a capture service on dbURL until the test ends (or
+// stop is called).
+func startCapture(t *testing.T, dbURL string, tune func(*notify.Capture)) (c *notify.Capture, stop func()) {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := notify.ReplicationConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = &notify.Capture{
+		Pool:    pool,
+		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return pgconn.ConnectConfig(ctx, cfg) },
+		Logger:  testLogger(t),
+		Idle:    50 * time.Millisecond,
+	}
+	if tune != nil {
+		tune(c)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("capture: %v", err)
+			}
+			pool.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return c, stop
+}
+
+// logged returns "table op type data" of every logged event in commit order.
+func logged(t *testing.T, conn *pgx.Conn) []string {
+	t.Helper()
+	rows, err := conn.Query(t.Context(), `
+SELECT e.tbl || ' ' || e.op::text || ' ' || e.type || ' ' || e.data::text
+FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid ORDER BY t.seq, e.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// waitLogged waits until the log holds n transactions, and fails the test
+// if it does not within a generous bound or holds more.
+func waitLogged(t *testing.T, conn *pgx.Conn, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got int
+		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM rtgw.tx WHERE seq IS NOT NULL`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got == n {
+			return
+		}
+		if got > n || time.Now().After(deadline) {
+			t.Fatalf("log holds %d transactions, want %d", got, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+const captureSchema = `
+CREATE TABLE kinds (id bigint PRIMARY KEY, n int, amount numeric(12,2), name text, ok bool,
+                    at timestamptz, d date, doc jsonb, j json, tags int[], big text, note text);
+CREATE TABLE parts (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE parts_a PARTITION OF parts FOR VALUES IN ('a');
+CREATE TABLE parts_b PARTITION OF parts FOR VALUES IN ('b');
+CREATE TABLE ledger (id int PRIMARY KEY, record_type text NOT NULL, amount int, secret text);
+CREATE TABLE other (id int PRIMARY KEY);
+`
+
+var captureTracks = []config.Track{
+	{Table: "kinds", Prefix: "kind"},
+	{Table: "parts", Prefix: "part"},
+	{Table: "ledger", Prefix: "{record_type}", Columns: []string{"record_type", "amount"},
+		Settings: map[string]string{"tab_origin_id": "app.tab"}, BatchEvent: "ledger_batch_deleted", BatchKey: "ledger_ids"},
+}
+
+// captureScript is a series of transactions covering what capture must
+// render: every kind of value, TOASTed values left unchanged, partitions
+// (a row moving between them), column lists, settings, batch deletes in
+// 1,000-row chunks, savepoints, rollbacks and untracked tables.
+var captureScript = []string{
+	`INSERT INTO kinds VALUES
+	 (1, 1, 12.50, 'O"Brien \ é ☃', true, '2026-01-02 03:04:05.678901+02', '2026-02-03', '{"a": [1, 2.5, null], "b": "x"}',
+	  '{"z": 1,  "a": 2}', '{1,2,3}', repeat('big', 50000), NULL),
+	 (2, NULL, -0.01, '', false, 'infinity', '-infinity', 'null', '[]', '{}', repeat('x', 9000), 'n'),
+	 (3, 3, 0, E'tab\there\nline', NULL, NULL, NULL, '"s"', '"s"', NULL, NULL, NULL)`,
+	`UPDATE kinds SET n = n + 1 WHERE id = 1`,
+	`UPDATE kinds SET big = 'small', note = 'changed' WHERE id = 2`,
+	`DELETE FROM kinds WHERE id = 3`,
+	`INSERT INTO parts VALUES (1, 'a', 'x'), (2, 'a', 'y')`,
+	`UPDATE parts SET region = 'b' WHERE id = 1`,
+	`INSERT INTO parts_b VALUES (3, 'b', 'z')`,
+	`UPDATE parts SET v = v || '!'`,
+	`BEGIN; SET LOCAL app.tab = 'tab-1';
+	 INSERT INTO ledger VALUES (1, 'fact', 10, 's1'), (2, 'plan', 20, 's2'), (3, 'fact', 30, 's3'); COMMIT`,
+	`UPDATE ledger SET amount = amount + 1`,
+	`DELETE FROM ledger WHERE id = 1`,
+	`BEGIN; SET LOCAL app.tab = 'tab-2'; DELETE FROM ledger; COMMIT`,
+	`BEGIN; INSERT INTO kinds (id, name) VALUES (10, 'kept'); SAVEPOINT s;
+	 INSERT INTO kinds (id, name) VALUES (11, 'rolled back'); ROLLBACK TO s;
+	 INSERT INTO ledger VALUES (5, 'fact', 5, NULL); UPDATE kinds SET name = 'kept!' WHERE id = 10; COMMIT`,
+	`BEGIN; INSERT INTO kinds (id) VALUES (20); ROLLBACK`,
+	`INSERT INTO other VALUES (1)`,
+	`INSERT INTO kinds (id, n) SELECT g, g FROM generate_series(1000, 3500) g`,
+	`INSERT INTO ledger (id, record_type, amount) SELECT g, 'fact', g FROM generate_series(100, 2599) g`,
+	`BEGIN; SET LOCAL app.tab = 'tab-3'; DELETE FROM ledger WHERE id >= 100; DELETE FROM kinds WHERE id >= 3000; COMMIT`,
+	`UPDATE ledger SET id = 6 WHERE id = 5`,
+}
+
+// Capture by decoding logs, transaction for transaction and event for
+// event, what the triggers log for the same writes.
+func TestDecodingLogsWhatTriggersLog(t *testing.T) {
+	t.Parallel()
+	byTriggers := connect(t, pgtest.NewDatabase(t))
+	mustExec(t, byTriggers, captureSchema)
+	if err := notify.Install(t.Context(), byTriggers, captureTracks); err != nil {
+		t.Fatal(err)
+	}
+	dbURL, _ := decodingDB(t, captureSchema, captureTracks)
+	byDecoding := connect(t, dbURL)
+	var triggers int
+	if err := byDecoding.QueryRow(t.Context(), `
+SELECT count(*) FROM pg_trigger WHERE tgname IN ('rtgw_insert', 'rtgw_update', 'rtgw_delete')`).Scan(&triggers); err != nil {
+		t.Fatal(err)
+	}
+	if triggers != 0 {
+		t.Fatalf("%d capture triggers left on the tables captured by decoding", triggers)
+	}
+	startCapture(t, dbURL, nil)
+
+	for _, conn := range []*pgx.Conn{byTriggers, byDecoding} {
+		for _, sql := range captureScript {
+			mustExec(t, conn, sql)
+		}
+	}
+	var want int
+	if err := byTriggers.QueryRow(t.Context(), `SELECT count(*) FROM rtgw.tx`).Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	if want != len(captureScript)-2 { // the rollback and the untracked table
+		t.Fatalf("triggers logged %d transactions, want %d", want, len(captureScript)-2)
+	}
+	waitLogged(t, byDecoding, want)
+	a, b := logged(t, byTriggers), logged(t, byDecoding)
+	if len(a) != len(b) {
+		t.Errorf("triggers logged %d events, decoding %d", len(a), len(b))
+	}
+	diffs := 0
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			t.Errorf("event %d differs:\ntriggers: %.300s\ndecoding: %.300s", i, a[i], b[i])
+			if diffs++; diffs == 5 {
+				break
+			}
+		}
+	}
+	// Spot checks that the comparison compares what it should.
+	for _, want := range []string{
+		`public.parts U part_updated {"v": "x", "id": 1, "region": "b"}`,
+		`public.ledger D ledger_batch_deleted {"keys": [{"id": 2}, {"id": 3}], "ledger_ids": [2, 3], "deleted_count": 2, "tab_origin_id": "tab-2"}`,
+		`public.ledger I plan_created {"id": 2, "amount": 20, "record_type": "plan", "tab_origin_id": "tab-1"}`,
+	} {
+		if !slices.Contains(b, want) {
+			t.Errorf("decoding did not log %s", want)
+		}
+	}
+	if t.Failed() {
+		for _, e := range b[:min(len(b), 30)] {
+			t.Logf("decoding logged: %.200s", e)
+		}
+	}
+
+	// Commit times strictly increase with seq, as the stamps keep them.
+	var bad int
+	if err := byDecoding.QueryRow(t.Context(), `
+SELECT count(*) FROM (SELECT committed_at <= lag(committed_at) OVER (ORDER BY seq) AS back FROM rtgw.tx) s WHERE back`).Scan(&bad); err != nil {
+		t.Fatal(err)
+	}
+	if bad != 0 {
+		t.Errorf("%d commit times do not increase with seq", bad)
+	}
+}
+
+// A capture that loses its connection (or its replica) at any point logs
+// each transaction exactly once, in commit order, whichever replica reads
+// the slot next; the server is told positions only every hour here, so
+// every reconnect is sent again all it had sent.
+func TestDecodingExactlyOnceAcrossReconnectsAndReplicas(t *testing.T) {
+	t.Parallel()
+	dbURL, slot := decodingDB(t, `CREATE TABLE kinds (id bigint PRIMARY KEY, n int)`, []config.Track{{Table: "kinds", Prefix: "kind"}})
+	conn := connect(t, dbURL)
+	slow := func(c *notify.Capture) { c.StatusInterval = time.Hour; c.MaxBatch = 7 }
+	first, stopFirst := startCapture(t, dbURL, slow)
+	second, stopSecond := startCapture(t, dbURL, slow)
+
+	const rounds, per = 8, 50
+	const n = rounds * per
+	kill := connect(t, dbURL)
+	var stopped *notify.Capture
+	for r := range rounds {
+		for i := r * per; i < (r+1)*per; i++ {
+			if i%3 == 0 {
+				mustExec(t, conn, fmt.Sprintf(`INSERT INTO kinds VALUES (%d, 0)`, i))
+			} else {
+				mustExec(t, conn, fmt.Sprintf(`BEGIN; INSERT INTO kinds VALUES (%d, 0); UPDATE kinds SET n = 1 WHERE id = %[1]d; COMMIT`, i))
+			}
+		}
+		// Everything so far is in the log, and the server was never told.
+		waitLogged(t, conn, (r+1)*per)
+		if r == rounds/2 {
+			// The replica reading the slot goes away (its last word tells the
+			// server how far it got); the other takes over.
+			if first.Stats().Streaming {
+				stopped = first
+				stopFirst()
+			} else {
+				stopped = second
+				stopSecond()
+			}
+			continue
+		}
+		// The reader's connection is cut: the next reader is sent again
+		// everything after the position last confirmed.
+		mustExec(t, kill, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active`, slot)
+	}
+	var resent uint64
+	for _, c := range []*notify.Capture{first, second} {
+		resent += c.Stats().Transactions
+	}
+	t.Logf("transactions written by the two replicas (with those sent again): %d of %d", resent, n)
+	if resent <= n {
+		t.Errorf("no transaction was sent again: the test did not test what it should")
+	}
+	if other := map[*notify.Capture]*notify.Capture{first: second, second: first}[stopped]; other.Stats().Transactions == 0 {
+		t.Errorf("the other replica never took over")
+	}
+	var ids []int
+	rows, err := conn.Query(t.Context(), `
+SELECT (e.data->>'id')::int FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid WHERE e.op = 'I' ORDER BY t.seq, e.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids, err = pgx.CollectRows(rows, pgx.RowTo[int]); err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != n {
+		t.Fatalf("%d inserts logged, want %d", len(ids), n)
+	}
+	for i, id := range ids {
+		if id != i {
+			t.Fatalf("insert %d logged as the %dth (duplicated, lost or out of commit order)", id, i)
+		}
+	}
+	var updates int
+	if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM rtgw.event WHERE op = 'U'`).Scan(&updates); err != nil {
+		t.Fatal(err)
+	}
+	if want := n - (n+2)/3; updates != want {
+		t.Errorf("%d updates logged, want %d", updates, want)
+	}
+}
+
+// Going back to triggers loses nothing and repeats nothing: writes before
+// the switch come through the slot, writes after through the triggers, and
+// the gateway drops the slot once it is drained.
+func TestDecodingSwitchesBackToTriggers(t *testing.T) {
+	t.Parallel()
+	dbURL, slot := decodingDB(t, `CREATE TABLE kinds (id bigint PRIMARY KEY, n int)`, []config.Track{{Table: "kinds", Prefix: "kind"}})
+	conn := connect(t, dbURL)
+	c, stop := startCapture(t, dbURL, func(c *notify.Capture) { c.StatusInterval = 20 * time.Millisecond })
+	writer := connect(t, dbURL)
+	// The writer goes on through the switch and for 200 commits after it.
+	switched := make(chan struct{})
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		after := -1
+		for i := range 100000 {
+			if _, err := writer.Exec(context.Background(), `INSERT INTO kinds VALUES ($1, 0)`, i); err != nil {
+				done <- result{i, err}
+				return
+			}
+			select {
+			case <-switched:
+				if after < 0 {
+					after = i + 200
+				}
+			default:
+			}
+			if i == after {
+				done <- result{i + 1, nil}
+				return
+			}
+		}
+		done <- result{100000, errors.New("the switch did not end")}
+	}()
+	waitAtLeast(t, conn, 50)
+	// The gateway stops: the switch reads what the slot still holds itself.
+	stop()
+	if err := notify.CaptureByTriggers(t.Context(), conn, dbURL, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	close(switched)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	n := r.n
+	waitLogged(t, conn, n)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var slots, rows int
+		if err := conn.QueryRow(t.Context(), `
+SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), (SELECT count(*) FROM rtgw.decoding)`, slot).Scan(&slots, &rows); err != nil {
+			t.Fatal(err)
+		}
+		if slots == 0 && rows == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot not dropped after the switch back (slots %d, rows %d)", slots, rows)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mustExec(t, conn, `INSERT INTO kinds VALUES ($1, 0)`, n)
+	waitLogged(t, conn, n+1)
+	var ids []int
+	rows, err := conn.Query(t.Context(), `
+SELECT (e.data->>'id')::int FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid ORDER BY t.seq, e.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids, err = pgx.CollectRows(rows, pgx.RowTo[int]); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		if id != i {
+			t.Fatalf("row %d logged as the %dth of %d (duplicated, lost or out of order)", id, i, len(ids))
+		}
+	}
+	if c.Stats().Transactions == 0 {
+		t.Errorf("the capture wrote nothing before the switch")
+	}
+}
+
+// waitAtLeast waits until the log holds at least n transactions.
+func waitAtLeast(t *testing.T, conn *pgx.Conn, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got int
+		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM rtgw.tx`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log holds %d transactions, want at least %d", got, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// testLogger logs through t.Log, so a failing test shows what the capture
+// said.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
