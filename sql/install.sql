@@ -84,6 +84,9 @@ CREATE TABLE IF NOT EXISTS rtgw.decoding (
     -- here is ingested, the gateway drops the slot and this row
     until  pg_lsn
 );
+-- Transactions below this id may have been captured by triggers too (they
+-- wrote before the switch to decoding); rtgw.ingest looks for their rows.
+ALTER TABLE rtgw.decoding ADD COLUMN IF NOT EXISTS overlap_below xid8;
 
 -- event_type names an event: the prefix, with {col} replaced by the row's
 -- value of col (letters, digits and _ only), then the suffix.
@@ -379,6 +382,11 @@ BEGIN
     FOR t IN SELECT * FROM rtgw.tracked WHERE to_regclass(tbl::text) IS NOT NULL LOOP
         PERFORM rtgw.track(t.tbl, t.prefix, t.columns, t.settings, t.batch_event, t.batch_key);
     END LOOP;
+    IF mode = 'decoding' THEN
+        -- rtgw.track took each table's lock to drop its triggers, so every
+        -- writer that had them has an id below the next one.
+        UPDATE rtgw.decoding SET overlap_below = pg_snapshot_xmax(pg_current_snapshot());
+    END IF;
     IF mode = 'triggers' THEN
         -- Whatever commits after this transaction is the triggers'; the
         -- reader drops the slot once it has confirmed here.
@@ -407,9 +415,11 @@ CREATE OR REPLACE FUNCTION rtgw.ingest(slot_name text, batch jsonb) RETURNS bigi
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $fn$
 DECLARE
     done    pg_lsn;
+    below   xid8;
     upto    pg_lsn;
     nxt     bigint;
     t       oid;
+    x       xid8;
     n       bigint;
     first   bigint;
     prev    timestamptz;
@@ -418,7 +428,7 @@ BEGIN
     -- The stamps' lock: seqs drawn here follow those of any trigger-captured
     -- transaction committed before, and precede those after.
     ignored := pg_advisory_xact_lock(1920232, 2)::text;
-    SELECT d.lsn INTO done FROM rtgw.decoding d WHERE d.slot = slot_name FOR UPDATE;
+    SELECT d.lsn, d.overlap_below INTO done, below FROM rtgw.decoding d WHERE d.slot = slot_name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'rtgw.ingest: % is not the capture slot (see rtgw.decoding)', slot_name;
     END IF;
@@ -433,22 +443,33 @@ BEGIN
     IF to_regclass('pg_temp.rtgw_ingest') IS NULL THEN
         CREATE TEMP TABLE rtgw_ingest (
             tx int, xid xid8, at timestamptz, g int, tbl oid, op "char", marked boolean,
-            extra jsonb, ord int, r jsonb, j jsonb) ON COMMIT DELETE ROWS;
+            extra jsonb, ord int, gn int, r jsonb, j jsonb) ON COMMIT DELETE ROWS;
     END IF;
-    INSERT INTO rtgw_ingest (tx, xid, at, g, tbl, op, marked, extra, ord, r)
+    -- Every statement here is planned once per session, when the log may
+    -- have been empty: none of them may scan rtgw.event or rtgw.tx (a batch
+    -- that did, read the whole log: ingest slowed as the log grew).
+    INSERT INTO rtgw_ingest (tx, xid, at, g, tbl, op, marked, extra, ord, gn, r)
     SELECT x.n,
            ((((nxt >> 32) - CASE WHEN (x.v ->> 'x')::bigint > (nxt & 4294967295) THEN 1 ELSE 0 END) << 32)
             | (x.v ->> 'x')::bigint)::text::xid8,
            (x.v ->> 'c')::timestamptz, g.n, (g.v ->> 't')::oid, (g.v ->> 'o')::"char",
-           coalesce((g.v ->> 'm')::boolean, false), nullif(g.v -> 's', 'null'), r.n, r.v
+           coalesce((g.v ->> 'm')::boolean, false), nullif(g.v -> 's', 'null'), r.n,
+           jsonb_array_length(g.v -> 'r'), r.v
     FROM jsonb_array_elements(batch) WITH ORDINALITY x(v, n)
     CROSS JOIN LATERAL jsonb_array_elements(x.v -> 'g') WITH ORDINALITY g(v, n)
     CROSS JOIN LATERAL jsonb_array_elements(g.v -> 'r') WITH ORDINALITY r(v, n)
     WHERE (x.v ->> 'l')::pg_lsn > done;
     DELETE FROM rtgw_ingest i
-    WHERE NOT EXISTS (SELECT 1 FROM rtgw.tracked c JOIN pg_class k ON k.oid = c.tbl WHERE c.tbl = i.tbl)
-       OR EXISTS (SELECT 1 FROM rtgw.event e WHERE e.xid = i.xid)
-       OR EXISTS (SELECT 1 FROM rtgw.tx x WHERE x.xid = i.xid);
+    WHERE NOT EXISTS (SELECT 1 FROM rtgw.tracked c JOIN pg_class k ON k.oid = c.tbl WHERE c.tbl = i.tbl);
+    -- Written by the triggers too (they committed just before the switch)?
+    -- Looked up one transaction at a time, through the keys.
+    IF below IS NOT NULL AND EXISTS (SELECT 1 FROM rtgw_ingest i WHERE i.xid < below) THEN
+        FOR x IN SELECT DISTINCT i.xid FROM rtgw_ingest i WHERE i.xid < below LOOP
+            IF EXISTS (SELECT 1 FROM rtgw.event e WHERE e.xid = x) OR EXISTS (SELECT 1 FROM rtgw.tx t WHERE t.xid = x) THEN
+                DELETE FROM rtgw_ingest i WHERE i.xid = x;
+            END IF;
+        END LOOP;
+    END IF;
 
     -- Text to the table's row type and on to jsonb: the same projection as
     -- capture's to_jsonb(row). A value the type no longer reads (the column
@@ -478,8 +499,7 @@ BEGIN
                     ELSE i.j - ARRAY(SELECT k FROM jsonb_object_keys(i.j) k WHERE k <> ALL (c.columns || c.pk)) END
                || coalesce(i.extra, (SELECT jsonb_object_agg(k, NULL) FROM jsonb_object_keys(c.settings) k), '{}') AS data
         FROM rtgw_ingest i JOIN rtgw.tracked c ON c.tbl = i.tbl
-        WHERE NOT (i.op = 'D' AND i.marked AND c.batch_event IS NOT NULL
-                   AND EXISTS (SELECT 1 FROM rtgw_ingest b WHERE b.tx = i.tx AND b.g = i.g AND b.ord = 2))
+        WHERE NOT (i.op = 'D' AND i.marked AND c.batch_event IS NOT NULL AND i.gn > 1)
         UNION ALL
         -- A DELETE of several rows as capture sends it: one event per 1,000.
         SELECT b.tx, b.g, b.chunk * 1000, b.xid, c.tbl::text, 'D', c.batch_event,
@@ -490,8 +510,7 @@ BEGIN
                      jsonb_agg(i.j - ARRAY(SELECT k FROM jsonb_object_keys(i.j) k WHERE k <> ALL (c.pk)) ORDER BY i.ord) AS keys,
                      count(*) AS n
               FROM rtgw_ingest i JOIN rtgw.tracked c ON c.tbl = i.tbl
-              WHERE i.op = 'D' AND i.marked AND c.batch_event IS NOT NULL
-                AND EXISTS (SELECT 1 FROM rtgw_ingest b WHERE b.tx = i.tx AND b.g = i.g AND b.ord = 2)
+              WHERE i.op = 'D' AND i.marked AND c.batch_event IS NOT NULL AND i.gn > 1
               GROUP BY i.tx, i.g, (i.ord - 1) / 1000, i.xid, i.tbl, i.extra) b
         JOIN rtgw.tracked c ON c.tbl = b.tbl
         ORDER BY 1, 2, 3

@@ -17,7 +17,8 @@
 # removes it at the end. Needs psql and pgbench (Debian: postgresql-client),
 # and initdb/pg_ctl for the throwaway cluster (postgresql).
 #
-# Settings: SECONDS_PER_RUN (10), ROUNDS (2), CLIENTS ("1 8"), and
+# Settings: SECONDS_PER_RUN (10), ROUNDS (2), CLIENTS ("1 8"), RATE (unset:
+# as fast as the clients go; else pgbench -R, transactions per second in all), and
 # SYNCHRONOUS_COMMIT (off, local, on...: the benchmark sessions' setting; unset
 # keeps the server's), the main knob an operator has on the cost of a commit.
 #
@@ -205,7 +206,7 @@ for r in $(seq "$rounds"); do
 	for c in $clients; do
 		for m in $modes; do
 			mode "$m"
-			out=$(PGOPTIONS="${SYNCHRONOUS_COMMIT:+-c synchronous_commit=$SYNCHRONOUS_COMMIT}" "$PGBENCH" "$url" -n -M prepared -f "$here/insert.sql" -c "$c" -j "$c" -T "$secs" 2>&1) || {
+			out=$(PGOPTIONS="${SYNCHRONOUS_COMMIT:+-c synchronous_commit=$SYNCHRONOUS_COMMIT}" "$PGBENCH" "$url" -n -M prepared -f "$here/insert.sql" -c "$c" -j "$c" -T "$secs" ${RATE:+-R "$RATE"} 2>&1) || {
 				echo "$out" >&2; exit 1; }
 			tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
 			lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
