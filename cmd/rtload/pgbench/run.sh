@@ -23,8 +23,8 @@
 # keeps the server's), the main knob an operator has on the cost of a commit.
 #
 # MODES ("untracked notify tracked") may add two that measure capture off the
-# write path, by logical decoding, as an upper bound (the gateway does not
-# capture this way): the writes are untracked while a pgoutput slot on facts is
+# write path, by logical decoding, as an upper bound (measured before the gateway
+# captured this way): the writes are untracked while a pgoutput slot on facts is
 # read on the same machine, by pg_recvlogical to /dev/null (decoded), or by one
 # SQL session every 10 ms that stores each batch in a table (stored, standing
 # in for the log a gateway would keep). They need wal_level = logical: the
