@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/semaphore"
 )
 
 // Capture moves changes from the capture slot into the event log when the
@@ -48,13 +49,16 @@ type Capture struct {
 	// log has the slot's changes (what lets it recycle WAL); zero means 1 s.
 	StatusInterval time.Duration
 	// MaxBatch bounds the rows written by one rtgw.ingest call; zero means
-	// 5,000.
+	// 5,000. A transaction with more is written in parts of this size (only
+	// its last part makes it visible), so its size bounds neither this
+	// process's memory nor a call's.
 	MaxBatch int
 
 	streaming    atomic.Bool
 	transactions atomic.Uint64 // transactions decoded and committed to the log
 	confirmed    atomic.Uint64 // LSN: everything before is in the log
 	batches      atomic.Uint64
+	parts        atomic.Uint64
 
 	logMu   sync.Mutex
 	lastErr string // last error logged, to log a repeat once
@@ -82,13 +86,14 @@ type CaptureStats struct {
 	Streaming    bool   // this replica holds the slot
 	Transactions uint64 // decoded transactions written to the log
 	Batches      uint64 // rtgw.ingest calls
+	Parts        uint64 // parts of large transactions written
 	Confirmed    uint64 // LSN confirmed to the slot
 }
 
 // Stats returns the capture's counters.
 func (c *Capture) Stats() CaptureStats {
 	return CaptureStats{Streaming: c.streaming.Load(), Transactions: c.transactions.Load(),
-		Batches: c.batches.Load(), Confirmed: c.confirmed.Load()}
+		Batches: c.batches.Load(), Parts: c.parts.Load(), Confirmed: c.confirmed.Load()}
 }
 
 // errSlotBusy: another replica reads the slot.
@@ -196,11 +201,13 @@ DELETE FROM rtgw.decoding WHERE slot = $1 AND NOT active;
 }
 
 // item is what the reader hands the writer, in stream order: a committed
-// transaction, or a position with nothing before it left to write.
+// transaction (or a part of a large one), or a position with nothing before
+// it left to write.
 type item struct {
-	tx   *decodedTx
-	upto pglogrepl.LSN // with tx nil: every transaction before is handed over
-	tick bool          // with tx nil: look whether the capture is retiring
+	tx     *decodedTx
+	weight int64         // of the in-flight budget it holds (with tx)
+	upto   pglogrepl.LSN // with tx nil: every transaction before is handed over
+	tick   bool          // with tx nil: look whether the capture is retiring
 }
 
 // stream reads the slot until an error, ctx's end or retirement.
@@ -232,13 +239,14 @@ func (c *Capture) stream(ctx context.Context, slot string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	items := make(chan item, 256)
+	budget := semaphore.NewWeighted(maxInFlight)
 	done := make(chan error, 1)
 	go func() {
-		err := c.write(ctx, slot, items)
+		err := c.write(ctx, slot, items, budget)
 		cancel(err)
 		done <- err
 	}()
-	rerr := c.read(ctx, conn, keys, items)
+	rerr := c.read(ctx, conn, keys, items, budget)
 	cancel(rerr)
 	werr := <-done
 	// Tell the server how far the log is, so a successor starts there.
@@ -297,14 +305,22 @@ FROM rtgw.tracked c JOIN pg_partitioned_table p ON p.partrelid = c.tbl`)
 
 // read receives the stream, assembles transactions and hands them to the
 // writer; it also answers the server with the writer's position.
-func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32][]string, items chan<- item) error {
+func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32][]string, items chan<- item, budget *semaphore.Weighted) error {
 	interval := c.StatusInterval
 	if interval <= 0 {
 		interval = time.Second
 	}
+	maxRows := c.maxBatch()
 	rels := map[uint32]*relation{}
 	var cur *decodedTx
 	hand := func(it item) error {
+		if it.tx != nil {
+			// Decoded rows wait in memory for the writer up to a bound.
+			it.weight = min(int64(it.tx.bytes)+1, maxInFlight)
+			if err := budget.Acquire(ctx, it.weight); err != nil {
+				return err
+			}
+		}
 		select {
 		case items <- it:
 			return nil
@@ -402,7 +418,7 @@ func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32
 					}
 				}
 			case *pglogrepl.BeginMessage:
-				cur = &decodedTx{xid: m.Xid, open: map[uint32]*ingestGroup{}}
+				cur = &decodedTx{xid: m.Xid, final: m.FinalLSN, open: map[uint32]*ingestGroup{}}
 			case *pglogrepl.InsertMessage:
 				if err := cur.change(rels, keys, m.RelationID, 'I', m.Tuple, nil); err != nil {
 					return err
@@ -419,6 +435,13 @@ func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32
 				if m.Prefix == "rtgw" && m.Transactional && cur != nil {
 					cur.mark(m.Content, c.logger())
 				}
+			}
+			if cur != nil && (cur.rows >= maxRows || cur.bytes >= maxPartBytes) {
+				if err := hand(item{tx: cur.split()}); err != nil {
+					return err
+				}
+			}
+			switch m := lm.(type) {
 			case *pglogrepl.CommitMessage:
 				if cur == nil {
 					return errors.New("slot stream: commit without begin")
@@ -436,13 +459,11 @@ func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32
 
 // write commits the transactions handed over to the log, in batches, and
 // advances the confirmed position.
-func (c *Capture) write(ctx context.Context, slot string, items <-chan item) error {
-	maxRows := c.MaxBatch
-	if maxRows <= 0 {
-		maxRows = 5000
-	}
+func (c *Capture) write(ctx context.Context, slot string, items <-chan item, budget *semaphore.Weighted) error {
+	maxRows := c.maxBatch()
 	var batch []*decodedTx
-	rows := 0
+	rows, bytes := 0, 0
+	var held int64
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -452,7 +473,9 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item) err
 		}
 		c.advance(batch[len(batch)-1].end)
 		c.transactions.Add(uint64(len(batch)))
-		batch, rows = batch[:0], 0
+		batch, rows, bytes = batch[:0], 0, 0
+		budget.Release(held)
+		held = 0
 		return nil
 	}
 	for {
@@ -464,9 +487,22 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item) err
 		}
 		for {
 			switch {
+			case it.tx != nil && it.tx.part:
+				// A part goes alone, after what came before it; it moves
+				// no position (its transaction is not written yet).
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := c.ingest(ctx, slot, []*decodedTx{it.tx}); err != nil {
+					return err
+				}
+				c.parts.Add(1)
+				budget.Release(it.weight)
 			case it.tx != nil:
 				batch = append(batch, it.tx)
 				rows += it.tx.rows
+				bytes += it.tx.bytes
+				held += it.weight
 			case it.tick:
 				if err := flush(); err != nil {
 					return err
@@ -480,7 +516,7 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item) err
 				}
 				c.advance(it.upto)
 			}
-			if rows >= maxRows {
+			if rows >= maxRows || bytes >= maxPartBytes {
 				break
 			}
 			var more bool
@@ -496,6 +532,21 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item) err
 			return err
 		}
 	}
+}
+
+// maxPartBytes bounds the rows' JSON in one rtgw.ingest call (a batch, or
+// a part of a large transaction) besides MaxBatch: rows can be large.
+const maxPartBytes = 8 << 20
+
+// maxInFlight bounds the decoded rows held in memory between the reader
+// and the writer.
+const maxInFlight = 64 << 20
+
+func (c *Capture) maxBatch() int {
+	if c.MaxBatch > 0 {
+		return c.MaxBatch
+	}
+	return 5000
 }
 
 // advance moves the confirmed position forward (never back).
@@ -542,11 +593,23 @@ func (c *Capture) ingest(ctx context.Context, slot string, batch []*decodedTx) e
 		}
 		buf.WriteString(`{"x":`)
 		buf.WriteString(strconv.FormatUint(uint64(tx.xid), 10))
-		buf.WriteString(`,"l":"`)
-		buf.WriteString(tx.end.String())
-		buf.WriteString(`","c":"`)
-		buf.WriteString(tx.at.UTC().Format(time.RFC3339Nano))
-		buf.WriteString(`","g":[`)
+		buf.WriteString(`,"f":"`)
+		buf.WriteString(tx.final.String())
+		buf.WriteByte('"')
+		switch {
+		case tx.part && tx.parts == 0:
+			buf.WriteString(`,"first":true`)
+		case !tx.part:
+			buf.WriteString(`,"l":"`)
+			buf.WriteString(tx.end.String())
+			buf.WriteString(`","c":"`)
+			buf.WriteString(tx.at.UTC().Format(time.RFC3339Nano))
+			buf.WriteByte('"')
+			if tx.parts > 0 {
+				buf.WriteString(`,"k":true`)
+			}
+		}
+		buf.WriteString(`,"g":[`)
 		n := 0
 		for _, g := range tx.groups {
 			if len(g.rows) == 0 {
@@ -602,11 +665,15 @@ func newRelation(m *pglogrepl.RelationMessage) *relation {
 // as far as the stream tells.
 type decodedTx struct {
 	xid    uint32
+	final  pglogrepl.LSN // of its commit record (Begin says it)
+	part   bool          // a part of a large transaction, not the last
+	parts  int           // parts handed before this one
 	end    pglogrepl.LSN
 	at     time.Time
 	groups []*ingestGroup
 	open   map[uint32]*ingestGroup // the statement a table's mark opened
 	rows   int
+	bytes  int          // of the rows' JSON
 	last   *ingestGroup // where the previous row went
 }
 
@@ -623,6 +690,24 @@ type ingestGroup struct {
 type decodedRow struct {
 	json []byte
 	key  string // primary key values, to find a row moved between partitions
+}
+
+// split hands over the rows so far as a part of the transaction and keeps
+// its statements open for the rows to come.
+func (t *decodedTx) split() *decodedTx {
+	part := &decodedTx{xid: t.xid, final: t.final, part: true, parts: t.parts, groups: t.groups, rows: t.rows, bytes: t.bytes}
+	t.parts++
+	t.rows, t.bytes = 0, 0
+	t.last = nil
+	t.groups = nil
+	for _, g := range part.groups { // in their order
+		if t.open[g.table] == g {
+			cont := &ingestGroup{table: g.table, op: g.op, marked: g.marked, settings: g.settings}
+			t.open[g.table] = cont
+			t.groups = append(t.groups, cont)
+		}
+	}
+	return part
 }
 
 // mark opens a statement of the table named in a message of rtgw.mark.
@@ -686,6 +771,7 @@ func (t *decodedTx) change(rels map[uint32]*relation, keys map[uint32][]string, 
 	}
 	g.rows = append(g.rows, row)
 	t.rows++
+	t.bytes += len(row.json)
 	t.last = g
 	return nil
 }

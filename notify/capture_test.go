@@ -205,6 +205,19 @@ var captureScript = []string{
 // event, what the triggers log for the same writes.
 func TestDecodingLogsWhatTriggersLog(t *testing.T) {
 	t.Parallel()
+	t.Run("whole", func(t *testing.T) {
+		t.Parallel()
+		decodingLogsWhatTriggersLog(t, 0)
+	})
+	// The 2,500-row transactions go in parts of 1,000 rows (the batch
+	// deletes' chunks fall on the same rows, so the events are the same).
+	t.Run("in parts", func(t *testing.T) {
+		t.Parallel()
+		decodingLogsWhatTriggersLog(t, 1000)
+	})
+}
+
+func decodingLogsWhatTriggersLog(t *testing.T, maxBatch int) {
 	byTriggers := connect(t, pgtest.NewDatabase(t))
 	mustExec(t, byTriggers, captureSchema)
 	if err := notify.Install(t.Context(), byTriggers, captureTracks); err != nil {
@@ -220,7 +233,7 @@ SELECT count(*) FROM pg_trigger WHERE tgname IN ('rtgw_insert', 'rtgw_update', '
 	if triggers != 0 {
 		t.Fatalf("%d capture triggers left on the tables captured by decoding", triggers)
 	}
-	startCapture(t, dbURL, nil)
+	c, _ := startCapture(t, dbURL, func(c *notify.Capture) { c.MaxBatch = maxBatch })
 
 	for _, conn := range []*pgx.Conn{byTriggers, byDecoding} {
 		for _, sql := range captureScript {
@@ -262,6 +275,10 @@ SELECT count(*) FROM pg_trigger WHERE tgname IN ('rtgw_insert', 'rtgw_update', '
 		for _, e := range b[:min(len(b), 30)] {
 			t.Logf("decoding logged: %.200s", e)
 		}
+	}
+
+	if parts := c.Stats().Parts; (maxBatch > 0) != (parts > 0) {
+		t.Errorf("%d parts written with MaxBatch %d", parts, maxBatch)
 	}
 
 	// Commit times strictly increase with seq, as the stamps keep them.
@@ -561,4 +578,70 @@ func procCPU(tb testing.TB, pid int) float64 {
 	utime, _ := strconv.ParseFloat(f[11], 64)
 	stime, _ := strconv.ParseFloat(f[12], 64)
 	return (utime + stime) / 100 // USER_HZ
+}
+
+// A large transaction is written in parts; only its last part makes it
+// visible. Sent again after a crash between parts, its first part removes
+// what the interrupted attempt wrote: each row is logged once. A last part
+// with no rows of its own still completes it, and a transaction the log
+// already has is not written again.
+func TestDecodingIngestsPartsOnce(t *testing.T) {
+	t.Parallel()
+	dbURL, slot := decodingDB(t, `CREATE TABLE kinds (id bigint PRIMARY KEY, n int)`, []config.Track{{Table: "kinds", Prefix: "kind"}})
+	conn := connect(t, dbURL)
+	var xid uint32
+	var oid uint32
+	var commit, end string
+	// A real transaction id and positions (nothing reads the slot here).
+	if err := conn.QueryRow(t.Context(), `
+SELECT (pg_current_xact_id()::text::bigint & 4294967295), 'kinds'::regclass::oid,
+       pg_current_wal_lsn()::text, (pg_current_wal_lsn() + 100)::text`).Scan(&xid, &oid, &commit, &end); err != nil {
+		t.Fatal(err)
+	}
+	part := func(first bool, ids ...int) string {
+		var rows []string
+		for _, id := range ids {
+			rows = append(rows, fmt.Sprintf(`{"id": "%d", "n": "0"}`, id))
+		}
+		p := fmt.Sprintf(`{"x": %d, "f": %q, "g": [{"t": %d, "o": "I", "r": [%s]}]`, xid, commit, oid, strings.Join(rows, ","))
+		if first {
+			p += `, "first": true`
+		}
+		return p + "}"
+	}
+	last := fmt.Sprintf(`{"x": %d, "f": %q, "l": %q, "c": "2026-12-03T00:00:00Z", "k": true, "g": []}`, xid, commit, end)
+	ingest := func(elems ...string) {
+		t.Helper()
+		mustExec(t, conn, `SELECT rtgw.ingest($1, $2::jsonb)`, slot, "["+strings.Join(elems, ",")+"]")
+	}
+	count := func(sql string) int {
+		t.Helper()
+		var n int
+		if err := conn.QueryRow(t.Context(), sql).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ingest(part(true, 1, 2))
+	ingest(part(false, 3, 4))
+	if n := count(`SELECT count(*) FROM rtgw.tx`); n != 0 {
+		t.Fatalf("a part made its transaction visible: %d rtgw.tx rows", n)
+	}
+	// The reader lost its connection; the slot sends the transaction again.
+	ingest(part(true, 1, 2))
+	ingest(part(false, 3, 4))
+	ingest(last)
+	if n, d := count(`SELECT count(*) FROM rtgw.event`), count(`SELECT count(DISTINCT data->>'id') FROM rtgw.event`); n != 4 || d != 4 {
+		t.Fatalf("%d events, %d distinct rows; want 4 and 4", n, d)
+	}
+	if n := count(`SELECT count(*) FROM rtgw.tx WHERE seq IS NOT NULL`); n != 1 {
+		t.Fatalf("%d rtgw.tx rows, want 1", n)
+	}
+	// And once more, all of it: the log has it.
+	ingest(part(true, 1, 2))
+	ingest(part(false, 3, 4))
+	ingest(last)
+	if n, tx := count(`SELECT count(*) FROM rtgw.event`), count(`SELECT count(*) FROM rtgw.tx`); n != 4 || tx != 1 {
+		t.Fatalf("after a repeat: %d events, %d transactions; want 4 and 1", n, tx)
+	}
 }

@@ -401,16 +401,29 @@ BEGIN
 END
 $fn$;
 
+-- full_xid gives a 32-bit transaction id its epoch: the one of next (the
+-- next xid, as pg_snapshot_xmax gives it), or the one before when the id is
+-- above next's low bits (it is older than next, so it wrapped).
+CREATE OR REPLACE FUNCTION rtgw.full_xid(x bigint, next bigint) RETURNS xid8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT ((((next >> 32) - CASE WHEN x > (next & 4294967295) THEN 1 ELSE 0 END) << 32) | x)::text::xid8
+$fn$;
+
 -- ingest writes what a gateway decoded from the slot: a JSON array of
 -- committed transactions in commit order, each
---   {"x": 32-bit xid, "l": end LSN, "c": commit time,
+--   {"x": 32-bit xid, "f": LSN of its commit record, "l": end LSN, "c": commit time,
 --    "g": [{"t": table oid, "o": "I"|"U"|"D", "m": after a mark, "s": settings, "r": [rows]}]}
 -- where a row maps column names to their text (json and jsonb columns as
--- JSON). It gives the transactions their seqs under the commit lock, in
--- that order, projects the rows exactly as rtgw.capture does (through the
--- table's row type: the same to_jsonb), and returns the last seq drawn
--- (NULL if none). Transactions at or below rtgw.decoding.lsn (sent again
--- after a crash) and those the triggers captured are skipped.
+-- JSON). A transaction too large for one call comes in parts: elements
+-- without "l" (the first with "first": true), then the last part with
+-- "l" and "k": true; parts write their events, the last part the
+-- transaction's rtgw.tx row, which is what makes them visible. It gives
+-- the transactions their seqs under the commit lock, in that order,
+-- projects the rows exactly as rtgw.capture does (through the table's row
+-- type: the same to_jsonb), and returns the last seq drawn (NULL if none).
+-- A transaction whose commit is below rtgw.decoding.lsn (the end of the
+-- last one written: it is sent again after a crash) and one the triggers
+-- captured (it has its rtgw.tx row) are skipped.
 CREATE OR REPLACE FUNCTION rtgw.ingest(slot_name text, batch jsonb) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $fn$
 DECLARE
@@ -420,6 +433,8 @@ DECLARE
     nxt     bigint;
     t       oid;
     x       xid8;
+    pos     bigint;
+    txs     bigint[];
     n       bigint;
     first   bigint;
     prev    timestamptz;
@@ -432,44 +447,50 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'rtgw.ingest: % is not the capture slot (see rtgw.decoding)', slot_name;
     END IF;
-    SELECT max((v ->> 'l')::pg_lsn) INTO upto FROM jsonb_array_elements(batch) v;
-    IF upto IS NULL OR upto <= done THEN
+    IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(batch) v WHERE (v ->> 'f')::pg_lsn >= done) THEN
         RETURN NULL;
     END IF;
+    SELECT max((v ->> 'l')::pg_lsn) INTO upto FROM jsonb_array_elements(batch) v;
     -- The slot names transactions by 32-bit xid; all of them are older than
     -- the next xid, which tells their epoch.
     nxt := pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
 
     IF to_regclass('pg_temp.rtgw_ingest') IS NULL THEN
         CREATE TEMP TABLE rtgw_ingest (
-            tx int, xid xid8, at timestamptz, g int, tbl oid, op "char", marked boolean,
+            tx int, xid xid8, g int, tbl oid, op "char", marked boolean,
             extra jsonb, ord int, gn int, r jsonb, j jsonb) ON COMMIT DELETE ROWS;
     END IF;
     -- Every statement here is planned once per session, when the log may
     -- have been empty: none of them may scan rtgw.event or rtgw.tx (a batch
     -- that did, read the whole log: ingest slowed as the log grew).
-    INSERT INTO rtgw_ingest (tx, xid, at, g, tbl, op, marked, extra, ord, gn, r)
-    SELECT x.n,
-           ((((nxt >> 32) - CASE WHEN (x.v ->> 'x')::bigint > (nxt & 4294967295) THEN 1 ELSE 0 END) << 32)
-            | (x.v ->> 'x')::bigint)::text::xid8,
-           (x.v ->> 'c')::timestamptz, g.n, (g.v ->> 't')::oid, (g.v ->> 'o')::"char",
+    INSERT INTO rtgw_ingest (tx, xid, g, tbl, op, marked, extra, ord, gn, r)
+    SELECT x.n, rtgw.full_xid((x.v ->> 'x')::bigint, nxt),
+           g.n, (g.v ->> 't')::oid, (g.v ->> 'o')::"char",
            coalesce((g.v ->> 'm')::boolean, false), nullif(g.v -> 's', 'null'), r.n,
            jsonb_array_length(g.v -> 'r'), r.v
     FROM jsonb_array_elements(batch) WITH ORDINALITY x(v, n)
     CROSS JOIN LATERAL jsonb_array_elements(x.v -> 'g') WITH ORDINALITY g(v, n)
     CROSS JOIN LATERAL jsonb_array_elements(g.v -> 'r') WITH ORDINALITY r(v, n)
-    WHERE (x.v ->> 'l')::pg_lsn > done;
+    WHERE (x.v ->> 'f')::pg_lsn >= done;
     DELETE FROM rtgw_ingest i
     WHERE NOT EXISTS (SELECT 1 FROM rtgw.tracked c JOIN pg_class k ON k.oid = c.tbl WHERE c.tbl = i.tbl);
-    -- Written by the triggers too (they committed just before the switch)?
-    -- Looked up one transaction at a time, through the keys.
+    -- Captured by the triggers too (committed just before the switch: then
+    -- it has its rtgw.tx row)? Looked up one transaction at a time, by key.
     IF below IS NOT NULL AND EXISTS (SELECT 1 FROM rtgw_ingest i WHERE i.xid < below) THEN
         FOR x IN SELECT DISTINCT i.xid FROM rtgw_ingest i WHERE i.xid < below LOOP
-            IF EXISTS (SELECT 1 FROM rtgw.event e WHERE e.xid = x) OR EXISTS (SELECT 1 FROM rtgw.tx t WHERE t.xid = x) THEN
+            IF EXISTS (SELECT 1 FROM rtgw.tx y WHERE y.xid = x) THEN
                 DELETE FROM rtgw_ingest i WHERE i.xid = x;
             END IF;
         END LOOP;
     END IF;
+    -- The first part of a large transaction: parts an interrupted call
+    -- wrote before are removed (they have no rtgw.tx row, so nobody saw them).
+    FOR x IN SELECT rtgw.full_xid((v ->> 'x')::bigint, nxt) FROM jsonb_array_elements(batch) v
+             WHERE (v ->> 'first')::boolean AND (v ->> 'f')::pg_lsn >= done LOOP
+        IF NOT EXISTS (SELECT 1 FROM rtgw.tx y WHERE y.xid = x) THEN
+            DELETE FROM rtgw.event e WHERE e.xid = x;
+        END IF;
+    END LOOP;
 
     -- Text to the table's row type and on to jsonb: the same projection as
     -- capture's to_jsonb(row). A value the type no longer reads (the column
@@ -516,10 +537,21 @@ BEGIN
         ORDER BY 1, 2, 3
     ) e;
 
-    -- One rtgw.tx row per transaction with events, seqs consecutive in
-    -- commit order (nobody else draws one while the lock is held); commit
-    -- times strictly increase with seq, as stamp keeps them.
-    SELECT count(DISTINCT tx) INTO n FROM rtgw_ingest;
+    -- The transactions complete here (elements with "l") that have events:
+    -- in this call, or, for the last part of a large one, in the log.
+    txs := ARRAY(SELECT DISTINCT i.tx FROM rtgw_ingest i);
+    FOR pos, x IN SELECT v.n, rtgw.full_xid((v.v ->> 'x')::bigint, nxt)
+                FROM jsonb_array_elements(batch) WITH ORDINALITY v(v, n)
+                WHERE (v.v ->> 'k')::boolean AND v.v ? 'l' AND (v.v ->> 'f')::pg_lsn >= done LOOP
+        IF pos <> ALL (txs) AND EXISTS (SELECT 1 FROM rtgw.event e WHERE e.xid = x)
+           AND NOT EXISTS (SELECT 1 FROM rtgw.tx y WHERE y.xid = x) THEN
+            txs := txs || pos;
+        END IF;
+    END LOOP;
+    -- One rtgw.tx row per such transaction, seqs consecutive in commit order
+    -- (nobody else draws one while the lock is held); commit times strictly
+    -- increase with seq, as stamp keeps them.
+    SELECT count(*) INTO n FROM jsonb_array_elements(batch) WITH ORDINALITY v(v, n) WHERE v.n = ANY (txs) AND v.v ? 'l';
     IF n > 0 THEN
         first := nextval('rtgw.tx_seq');
         IF n > 1 THEN
@@ -531,10 +563,14 @@ BEGIN
         SELECT d.xid, first + d.k - 1,
                greatest(max(d.at - d.k * interval '1 microsecond') OVER (ORDER BY d.k),
                         prev) + d.k * interval '1 microsecond'
-        FROM (SELECT tx, xid, at, row_number() OVER (ORDER BY tx) AS k
-              FROM (SELECT DISTINCT tx, xid, at FROM rtgw_ingest) u) d;
+        FROM (SELECT rtgw.full_xid((v.v ->> 'x')::bigint, nxt) AS xid, (v.v ->> 'c')::timestamptz AS at,
+                     row_number() OVER (ORDER BY v.n) AS k
+              FROM jsonb_array_elements(batch) WITH ORDINALITY v(v, n)
+              WHERE v.n = ANY (txs) AND v.v ? 'l') d;
     END IF;
-    UPDATE rtgw.decoding SET lsn = upto;
+    IF upto IS NOT NULL AND upto > done THEN
+        UPDATE rtgw.decoding SET lsn = upto;
+    END IF;
     IF n > 0 AND pg_notification_queue_usage() < 0.5 THEN
         ignored := pg_notify('rtgw', (first + n - 1)::text)::text;
     END IF;
