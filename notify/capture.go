@@ -170,34 +170,40 @@ SELECT coalesce((SELECT slot FROM rtgw.decoding), '') WHERE to_regclass('rtgw.de
 
 // retire drops the drained slot, then the decoding row and the publication.
 func (c *Capture) retire(ctx context.Context, slot string) error {
-	// The walsender leaves the slot a moment after the connection closes.
-	for range 50 {
-		_, err := c.Pool.Exec(ctx, `SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1`, slot)
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "55006" { // object in use
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("drop capture slot: %w", err)
-		}
-		_, err = c.Pool.Exec(ctx, `
-DELETE FROM rtgw.decoding WHERE slot = $1 AND NOT active;
-`, slot)
-		if err != nil {
-			return fmt.Errorf("remove capture row: %w", err)
-		}
-		_, err = c.Pool.Exec(ctx, `DROP PUBLICATION IF EXISTS rtgw`)
-		if err != nil {
-			return fmt.Errorf("drop capture publication: %w", err)
-		}
-		return nil
+	if err := DropSlot(ctx, c.Pool, slot); err != nil {
+		return err
 	}
-	return fmt.Errorf("drop capture slot %s: still in use", slot)
+	if _, err := c.Pool.Exec(ctx, `DELETE FROM rtgw.decoding WHERE slot = $1 AND NOT active`, slot); err != nil {
+		return fmt.Errorf("remove capture row: %w", err)
+	}
+	if _, err := c.Pool.Exec(ctx, `DROP PUBLICATION IF EXISTS rtgw`); err != nil {
+		return fmt.Errorf("drop capture publication: %w", err)
+	}
+	return nil
+}
+
+// DropSlot drops the replication slot if it exists. Its reader's walsender
+// leaves it a moment after the reader's connection closes: a slot in use is
+// tried again for up to 5 s.
+func DropSlot(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, slot string) error {
+	for range 50 {
+		_, err := db.Exec(ctx, `SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55006" { // object in use
+			if err != nil {
+				return fmt.Errorf("drop slot %s: %w", slot, err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("drop slot %s: still in use after 5 s", slot)
 }
 
 // item is what the reader hands the writer, in stream order: a committed

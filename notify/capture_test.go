@@ -62,16 +62,8 @@ func decodingDB(t testing.TB, schema string, tracks []config.Track) (string, str
 			return
 		}
 		defer conn.Close(ctx)
-		for range 100 {
-			_, err = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
-			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) || pgErr.Code != "55006" {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if err != nil {
-			t.Errorf("drop slot %s: %v", slot, err)
+		if err := notify.DropSlot(ctx, conn, slot); err != nil {
+			t.Error(err)
 		}
 	})
 	return dbURL, slot

@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/budget-rt/gateway/config"
+	"github.com/budget-rt/gateway/notify"
 	"github.com/budget-rt/gateway/notify/pgtest"
 )
 
@@ -79,18 +79,9 @@ func newDecodingDB(t *testing.T) *testDB {
 		t.Fatalf("migrate did not switch to decoding:\n%s", out)
 	}
 	t.Cleanup(func() {
-		var err error
-		for range 100 { // the walsender leaves the slot just after its gateway
-			_, err = db.pool.Exec(context.Background(),
-				`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
-			var pgErr *pgconn.PgError
-			if !errors.As(err, &pgErr) || pgErr.Code != "55006" {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if err != nil {
-			t.Errorf("drop slot %s: %v", slot, err)
+		// The walsender leaves the slot just after its gateway stops.
+		if err := notify.DropSlot(context.Background(), db.pool, slot); err != nil {
+			t.Error(err)
 		}
 	})
 	return db
