@@ -637,3 +637,41 @@ SELECT (pg_current_xact_id()::text::bigint & 4294967295), 'kinds'::regclass::oid
 		t.Fatalf("after a repeat: %d events, %d transactions; want 4 and 1", n, tx)
 	}
 }
+
+// Uninstalling drops the capture slot (which would keep WAL for ever) and
+// the publication, and refuses while a gateway reads the slot.
+func TestDecodingUninstall(t *testing.T) {
+	t.Parallel()
+	dbURL, slot := decodingDB(t, `CREATE TABLE kinds (id bigint PRIMARY KEY, n int)`, []config.Track{{Table: "kinds", Prefix: "kind"}})
+	conn := connect(t, dbURL)
+	c, stop := startCapture(t, dbURL, nil)
+	mustExec(t, conn, `INSERT INTO kinds VALUES (1, 1)`)
+	waitLogged(t, conn, 1)
+	if !c.Stats().Streaming {
+		t.Fatal("the capture is not reading the slot")
+	}
+	if err := notify.Uninstall(t.Context(), conn); err == nil || !strings.Contains(err.Error(), "stop the gateways first") {
+		t.Fatalf("uninstall while the slot is read: %v, want a refusal", err)
+	}
+	stop()
+	// The walsender leaves the slot just after the capture stops.
+	var err error
+	for range 50 {
+		if err = notify.Uninstall(t.Context(), conn); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slots, pubs int
+	if err := conn.QueryRow(t.Context(), `
+SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), (SELECT count(*) FROM pg_publication WHERE pubname = 'rtgw')`,
+		slot).Scan(&slots, &pubs); err != nil {
+		t.Fatal(err)
+	}
+	if slots != 0 || pubs != 0 {
+		t.Fatalf("after uninstall: %d slots, %d publications", slots, pubs)
+	}
+}

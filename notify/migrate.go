@@ -22,6 +22,7 @@ func Install(ctx context.Context, conn *pgx.Conn, tracks []config.Track) error {
 	// The file holds several statements and its own BEGIN/COMMIT; the simple
 	// protocol (no arguments) runs it as psql would.
 	if _, err := conn.Exec(ctx, rtsql.Install); err != nil {
+		rollback(ctx, conn)
 		return fmt.Errorf("install sql: %w", err)
 	}
 	for _, t := range tracks {
@@ -51,9 +52,16 @@ func Install(ctx context.Context, conn *pgx.Conn, tracks []config.Track) error {
 // and their data stay.
 func Uninstall(ctx context.Context, conn *pgx.Conn) error {
 	if _, err := conn.Exec(ctx, rtsql.Uninstall); err != nil {
+		rollback(ctx, conn)
 		return fmt.Errorf("uninstall sql: %w", err)
 	}
 	return nil
+}
+
+// rollback ends the transaction a failed SQL file opened with its BEGIN,
+// which would otherwise refuse every later statement on conn.
+func rollback(ctx context.Context, conn *pgx.Conn) {
+	_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 }
 
 // Tracked returns the tables currently tracked, by their name.
