@@ -232,7 +232,9 @@ func (c *Capture) stream(ctx context.Context, slot string) error {
 		PluginArgs: []string{"proto_version '1'", "publication_names 'rtgw'", "messages 'true'"},
 	})
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+	if errors.As(err, &pgErr) && (pgErr.Code == "55006" || pgErr.Code == "42704") {
+		// Held by another replica, or just dropped by the one that
+		// retired it: look again later, quietly.
 		return errSlotBusy
 	}
 	if err != nil {

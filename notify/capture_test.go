@@ -614,6 +614,24 @@ SELECT (pg_current_xact_id()::text::bigint & 4294967295), 'kinds'::regclass::oid
 		}
 		return n
 	}
+	// Its commit is durable whatever the session says: the slot's position
+	// is confirmed after it.
+	var sc string
+	if err := pgx.BeginFunc(t.Context(), conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(t.Context(), `SET LOCAL synchronous_commit = off`); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(t.Context(), `SELECT rtgw.ingest($1, '[]')`, slot); err != nil {
+			return err
+		}
+		return tx.QueryRow(t.Context(), `SHOW synchronous_commit`).Scan(&sc)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if sc != "on" {
+		t.Fatalf("synchronous_commit at ingest's commit: %s, want on", sc)
+	}
+
 	ingest(part(true, 1, 2))
 	ingest(part(false, 3, 4))
 	if n := count(`SELECT count(*) FROM rtgw.tx`); n != 0 {

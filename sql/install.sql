@@ -443,6 +443,11 @@ BEGIN
     -- The stamps' lock: seqs drawn here follow those of any trigger-captured
     -- transaction committed before, and precede those after.
     ignored := pg_advisory_xact_lock(1920232, 2)::text;
+    -- The gateway confirms the slot's position once this commits, and the
+    -- server may save that position at once: the commit must be on disk by
+    -- then, whatever the session's synchronous_commit (a setting of this
+    -- transaction's; the function's own SET clauses do not touch it).
+    ignored := set_config('synchronous_commit', 'on', true);
     SELECT d.lsn, d.overlap_below INTO done, below FROM rtgw.decoding d WHERE d.slot = slot_name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'rtgw.ingest: % is not the capture slot (see rtgw.decoding)', slot_name;
