@@ -321,6 +321,7 @@ func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32
 	maxRows := c.maxBatch()
 	rels := map[uint32]*relation{}
 	var cur *decodedTx
+	var handed pglogrepl.LSN // the last keepalive position handed over
 	hand := func(it item) error {
 		if it.tx != nil {
 			// Decoded rows wait in memory for the writer up to a bound.
@@ -397,13 +398,14 @@ func (c *Capture) read(ctx context.Context, conn *pgconn.PgConn, keys map[uint32
 			if err != nil {
 				return fmt.Errorf("parse keepalive: %w", err)
 			}
-			if cur == nil {
+			if cur == nil && ka.ServerWALEnd > handed {
 				// Everything the server decoded before ServerWALEnd has been
 				// handed over: once written, the slot may move there even
 				// when it sent nothing (writes to untracked tables).
 				if err := hand(item{upto: ka.ServerWALEnd}); err != nil {
 					return err
 				}
+				handed = ka.ServerWALEnd
 			}
 			if ka.ReplyRequested {
 				next = time.Now()
@@ -472,6 +474,8 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item, bud
 	var batch []*decodedTx
 	rows, bytes := 0, 0
 	var held int64
+	var upto pglogrepl.LSN // a keepalive's position, confirmed after the batch
+	tick := false
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -512,17 +516,12 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item, bud
 				bytes += it.tx.bytes
 				held += it.weight
 			case it.tick:
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := c.retiring(ctx); err != nil {
-					return err
-				}
+				tick = true
 			default:
-				if err := flush(); err != nil {
-					return err
-				}
-				c.advance(it.upto)
+				// Everything before it is in this batch or written: it
+				// moves once the batch is (a flush here would cut the
+				// batches as small as the keepalives are frequent).
+				upto = max(upto, it.upto)
 			}
 			if rows >= maxRows || bytes >= maxPartBytes {
 				break
@@ -538,6 +537,13 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item, bud
 		}
 		if err := flush(); err != nil {
 			return err
+		}
+		c.advance(upto)
+		if tick {
+			tick = false
+			if err := c.retiring(ctx); err != nil {
+				return err
+			}
 		}
 	}
 }
