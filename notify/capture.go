@@ -48,6 +48,12 @@ type Capture struct {
 	// StatusInterval is how often the reader tells the server how far the
 	// log has the slot's changes (what lets it recycle WAL); zero means 1 s.
 	StatusInterval time.Duration
+	// Linger is the least time between two rtgw.ingest calls while
+	// transactions keep coming: each call costs a commit (a WAL flush) and
+	// a function's set-up, so under load it pays to take a few transactions
+	// at once; an isolated transaction is written at once. Zero means 2 ms;
+	// negative, no wait.
+	Linger time.Duration
 	// MaxBatch bounds the rows written by one rtgw.ingest call; zero means
 	// 5,000. A transaction with more is written in parts of this size (only
 	// its last part makes it visible), so its size bounds neither this
@@ -476,6 +482,7 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item, bud
 	var held int64
 	var upto pglogrepl.LSN // a keepalive's position, confirmed after the batch
 	tick := false
+	var last time.Time // when the last batch was written
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -483,6 +490,7 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item, bud
 		if err := c.ingest(ctx, slot, batch); err != nil {
 			return err
 		}
+		last = time.Now()
 		c.advance(batch[len(batch)-1].end)
 		c.transactions.Add(uint64(len(batch)))
 		batch, rows, bytes = batch[:0], 0, 0
@@ -490,12 +498,24 @@ func (c *Capture) write(ctx context.Context, slot string, items <-chan item, bud
 		held = 0
 		return nil
 	}
+	linger := c.Linger
+	if linger == 0 {
+		linger = 2 * time.Millisecond
+	}
 	for {
 		var it item
 		select {
 		case it = <-items:
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		if wait := linger - time.Since(last); it.tx != nil && wait > 0 {
+			// More are likely on their way: let them join this batch.
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 		for {
 			switch {
