@@ -693,3 +693,34 @@ SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), (SELECT
 		t.Fatalf("after uninstall: %d slots, %d publications", slots, pubs)
 	}
 }
+
+// Under load, one rtgw.ingest call (a commit, a WAL flush) serves the
+// transactions of a Linger, however often the walsender sends keepalives:
+// a keepalive's position waits for the batch instead of cutting it.
+func TestDecodingBatchesUnderLoad(t *testing.T) {
+	t.Parallel()
+	dbURL, _ := decodingDB(t, `CREATE TABLE kinds (id bigint PRIMARY KEY, n int)`, []config.Track{{Table: "kinds", Prefix: "kind"}})
+	conn := connect(t, dbURL)
+	const linger = 20 * time.Millisecond
+	c, _ := startCapture(t, dbURL, func(c *notify.Capture) { c.Linger = linger })
+	// The capture reads a stream, not a backlog: it reads the slot before
+	// the first commit, and the commits come one per millisecond.
+	mustExec(t, conn, `INSERT INTO kinds VALUES (-1, 0)`)
+	waitLogged(t, conn, 1)
+	before := c.Stats().Batches
+	start := time.Now()
+	const n = 1500
+	pace := time.NewTicker(time.Millisecond)
+	defer pace.Stop()
+	for i := range n {
+		<-pace.C
+		mustExec(t, conn, `INSERT INTO kinds VALUES ($1, 0)`, i)
+	}
+	waitLogged(t, conn, n+1)
+	elapsed := time.Since(start)
+	batches := c.Stats().Batches - before
+	if most := uint64(elapsed/linger) + 2; batches > most {
+		t.Fatalf("%d transactions in %d batches over %v; with a linger of %v at most %d", n, batches, elapsed, linger, most)
+	}
+	t.Logf("%d transactions in %d batches over %v", n, batches, elapsed)
+}
