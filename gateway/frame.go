@@ -64,9 +64,9 @@ func newEntry(ev notify.Event) *entry {
 	b = append(b, `{"id":"`...)
 	b = append(b, id...)
 	b = append(b, `","type":`...)
-	b = appendString(b, ev.Type)
+	b = notify.AppendJSONString(b, ev.Type)
 	b = append(b, `,"event":`...)
-	b = appendString(b, ev.Type)
+	b = notify.AppendJSONString(b, ev.Type)
 	b = append(b, `,"data":`...)
 	b = append(b, ev.Data...)
 	if ev.Truncated {
@@ -171,19 +171,16 @@ func controlFrame(typ, id string, data any, now time.Time) []byte {
 	b = append(b, '{')
 	if id != "" {
 		b = append(b, `"id":`...)
-		b = appendString(b, id)
+		b = notify.AppendJSONString(b, id)
 		b = append(b, ',')
 	}
 	b = append(b, `"type":`...)
-	b = appendString(b, typ)
+	b = notify.AppendJSONString(b, typ)
 	b = append(b, `,"event":`...)
-	b = appendString(b, typ)
+	b = notify.AppendJSONString(b, typ)
 	b = append(b, `,"data":`...)
 	b = append(b, d...)
 	b = append(b, `,"timestamp":"`...)
 	b = now.UTC().AppendFormat(b, timeLayout)
 	return append(b, `"}`...)
 }
-
-// appendString appends s as a JSON string.
-func appendString(b []byte, s string) []byte { return notify.AppendJSONString(b, s) }

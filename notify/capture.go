@@ -102,8 +102,8 @@ func (c *Capture) Stats() CaptureStats {
 		Batches: c.batches.Load(), Parts: c.parts.Load(), Confirmed: c.confirmed.Load()}
 }
 
-// errSlotBusy: another replica reads the slot.
-var errSlotBusy = errors.New("capture slot is read by another replica")
+// errSlotUnavailable: another replica reads the slot, or it is gone.
+var errSlotUnavailable = errors.New("capture slot is read by another replica or gone")
 
 // errRetired: the database went back to triggers and the slot is drained.
 var errRetired = errors.New("capture by decoding retired")
@@ -130,7 +130,7 @@ func (c *Capture) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil && !errors.Is(err, errSlotBusy) {
+		if err != nil && !errors.Is(err, errSlotUnavailable) {
 			c.logOnce(log, err)
 		}
 		select {
@@ -241,7 +241,7 @@ func (c *Capture) stream(ctx context.Context, slot string) error {
 	if errors.As(err, &pgErr) && (pgErr.Code == "55006" || pgErr.Code == "42704") {
 		// Held by another replica, or just dropped by the one that
 		// retired it: look again later, quietly.
-		return errSlotBusy
+		return errSlotUnavailable
 	}
 	if err != nil {
 		return fmt.Errorf("start replication from slot %s: %w", slot, err)
@@ -283,35 +283,24 @@ func (c *Capture) stream(ctx context.Context, slot string) error {
 // the other, are such a move. Other tables cannot move a row; for them a
 // delete and an insert of one key are two statements, as triggers see them.
 func (c *Capture) keys(ctx context.Context) (map[uint32][]string, error) {
+	// Every tracked table is in the map (with no key when it is not
+	// partitioned), so that its relation does not make read look again.
 	rows, err := c.Pool.Query(ctx, `
-SELECT c.tbl::oid, ARRAY(SELECT k FROM unnest(c.pk) k
-                         WHERE k NOT IN (SELECT a.attname FROM pg_attribute a
-                                         WHERE a.attrelid = p.partrelid AND a.attnum = ANY (p.partattrs)))
-FROM rtgw.tracked c JOIN pg_partitioned_table p ON p.partrelid = c.tbl`)
+SELECT c.tbl::oid, CASE WHEN p.partrelid IS NULL THEN '{}'::text[] ELSE
+       ARRAY(SELECT k FROM unnest(c.pk) k
+             WHERE k NOT IN (SELECT a.attname FROM pg_attribute a
+                             WHERE a.attrelid = p.partrelid AND a.attnum = ANY (p.partattrs))) END
+FROM rtgw.tracked c LEFT JOIN pg_partitioned_table p ON p.partrelid = c.tbl`)
 	if err != nil {
 		return nil, fmt.Errorf("read tracked keys: %w", err)
 	}
 	out := map[uint32][]string{}
 	var oid uint32
 	var pk []string
-	_, err = pgx.ForEachRow(rows, []any{&oid, &pk}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&oid, &pk}, func() error {
 		out[oid] = pk
 		return nil
-	})
-	// Tracked tables that are not partitioned are known too, with no key,
-	// so that their relations do not make read look again.
-	if err == nil {
-		var more pgx.Rows
-		if more, err = c.Pool.Query(ctx, `SELECT tbl::oid FROM rtgw.tracked`); err == nil {
-			_, err = pgx.ForEachRow(more, []any{&oid}, func() error {
-				if _, ok := out[oid]; !ok {
-					out[oid] = nil
-				}
-				return nil
-			})
-		}
-	}
-	if err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("read tracked keys: %w", err)
 	}
 	return out, nil

@@ -127,19 +127,34 @@ FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid ORDER BY t.seq, e.id`)
 // if it does not within a generous bound or holds more.
 func waitLogged(t testing.TB, conn *pgx.Conn, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30*time.Second + time.Duration(n)*time.Millisecond)
+	got := waitLog(t, conn, 30*time.Second+time.Duration(n)*time.Millisecond, func(got int) bool { return got >= n })
+	if got != n {
+		t.Fatalf("log holds %d transactions, want %d", got, n)
+	}
+}
+
+// waitLog counts the log's transactions each time its doorbell (NOTIFY
+// rtgw, rung by every commit that adds one) rings on conn, until enough
+// says so or the time is up, and returns the last count.
+func waitLog(t testing.TB, conn *pgx.Conn, bound time.Duration, enough func(int) bool) int {
+	t.Helper()
+	// Listening before the first count: a commit after it rings.
+	if _, err := conn.Exec(t.Context(), `LISTEN rtgw`); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), bound)
+	defer cancel()
 	for {
 		var got int
 		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM rtgw.tx WHERE seq IS NOT NULL`).Scan(&got); err != nil {
 			t.Fatal(err)
 		}
-		if got == n {
-			return
+		if enough(got) || ctx.Err() != nil {
+			return got
 		}
-		if got > n || time.Now().After(deadline) {
-			t.Fatalf("log holds %d transactions, want %d", got, n)
+		if _, err := conn.WaitForNotification(ctx); err != nil && ctx.Err() == nil {
+			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -413,20 +428,14 @@ func TestDecodingSwitchesBackToTriggers(t *testing.T) {
 	}
 	n := r.n
 	waitLogged(t, conn, n)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var slots, rows int
-		if err := conn.QueryRow(t.Context(), `
-SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), (SELECT count(*) FROM rtgw.decoding)`, slot).Scan(&slots, &rows); err != nil {
-			t.Fatal(err)
-		}
-		if slots == 0 && rows == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("slot not dropped after the switch back (slots %d, rows %d)", slots, rows)
-		}
-		time.Sleep(10 * time.Millisecond)
+	// CaptureByTriggers returns once the slot's reader has dropped it.
+	var slots, left int
+	if err := conn.QueryRow(t.Context(), `
+SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), (SELECT count(*) FROM rtgw.decoding)`, slot).Scan(&slots, &left); err != nil {
+		t.Fatal(err)
+	}
+	if slots != 0 || left != 0 {
+		t.Fatalf("after the switch back: %d slots, %d rows in rtgw.decoding; want none", slots, left)
 	}
 	mustExec(t, conn, `INSERT INTO kinds VALUES ($1, 0)`, n)
 	waitLogged(t, conn, n+1)
@@ -452,19 +461,8 @@ SELECT (e.data->>'id')::int FROM rtgw.tx t JOIN rtgw.event e ON e.xid = t.xid OR
 // waitAtLeast waits until the log holds at least n transactions.
 func waitAtLeast(t *testing.T, conn *pgx.Conn, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var got int
-		if err := conn.QueryRow(t.Context(), `SELECT count(*) FROM rtgw.tx`).Scan(&got); err != nil {
-			t.Fatal(err)
-		}
-		if got >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("log holds %d transactions, want at least %d", got, n)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if got := waitLog(t, conn, 30*time.Second, func(got int) bool { return got >= n }); got < n {
+		t.Fatalf("log holds %d transactions, want at least %d", got, n)
 	}
 }
 
