@@ -2,10 +2,11 @@ package gateway
 
 import (
 	"errors"
-	"math"
 	"runtime"
 	"sync"
 	"syscall"
+
+	"github.com/budget-rt/gateway/internal/iouring"
 )
 
 // fanout writes the frames queued for connections, from a few goroutines
@@ -115,10 +116,6 @@ type pushSlot struct {
 	err        error
 }
 
-// uringNoAnswer marks a send the kernel has not answered: no send(2)
-// returns it.
-const uringNoAnswer = math.MinInt32
-
 // uringArenaBytes is about as much as one system call sends of frames put
 // together for it (queued frames, ?batch=1 arrays); a ring keeps its arena
 // up to twice that, and rings live as long as the process.
@@ -208,7 +205,7 @@ func sendResult(res int32) (int, error) {
 	switch {
 	case res >= 0:
 		return int(res), nil
-	case res == uringNoAnswer:
+	case res == iouring.NoAnswer:
 		return 0, errUringLost
 	case syscall.Errno(-res) == syscall.EAGAIN:
 		return 0, nil
