@@ -20,6 +20,7 @@ type phases struct {
 	before, connected, writeStart, end procSample
 	procErr                            error
 	toolStart, toolEnd                 time.Duration
+	ringReadsStart, ringReadsEnd       int64 // the WebSocket readers' io_uring calls
 	writeStartAt, endAt                time.Time
 	restartAt                          int32 // clock time the restart command started, 0: none
 	restartErr                         error
@@ -123,6 +124,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 	ph.loadStart = loadAvg()
 	ph.gwStart = scrapeGateway(ctx, metricsURL(o))
 	ph.toolStart = selfCPU()
+	ph.ringReadsStart = ringReads.Load()
 	if ph.procErr == nil {
 		ph.writeStart, ph.procErr = sampleProc(pid)
 	}
@@ -171,6 +173,7 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 	ph.loadEnd = loadAvg()
 	ph.gwEnd = scrapeGateway(ctx, metricsURL(o))
 	ph.toolEnd = selfCPU()
+	ph.ringReadsEnd = ringReads.Load()
 	if ph.procErr == nil {
 		if pid2, err := gatewayPID(o); o.pid == 0 && err == nil && pid2 != pid {
 			pid = pid2 // restarted: memory is the new process's, CPU is unknown

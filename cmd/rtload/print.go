@@ -54,7 +54,11 @@ func (r *report) print(w io.Writer) {
 	if r.GatewayCPU > 0 {
 		p("gateway CPU  %.2fs: %.2f µs per delivery", r.GatewayCPU, r.GatewayCPUPerDel)
 	}
-	p("tool CPU     %.2fs: %.2f µs per delivery", r.ToolCPU, r.ToolCPUPerDel)
+	reader := ""
+	if r.ToolReader != "" {
+		reader = " (WebSocket reads: " + r.ToolReader + ")"
+	}
+	p("tool CPU     %.2fs: %.2f µs per delivery%s", r.ToolCPU, r.ToolCPUPerDel, reader)
 	p("")
 	p("| clients | rows/s | delivered/s | lost | dup | p50 | p90 | p99 | max | gateway µs/delivery | KiB/conn | tool µs/delivery |")
 	p("| %d ws + %d sse | %.0f | %.0f | %d | %d | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.2f | %.1f | %.2f |",

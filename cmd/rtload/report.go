@@ -5,6 +5,7 @@ import (
 	"math"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -62,6 +63,7 @@ type report struct {
 	GatewayLag       *gatewayLag `json:"gateway_write_lag,omitempty"`
 	ToolCPU          float64     `json:"tool_cpu_s"`
 	ToolCPUPerDel    float64     `json:"tool_cpu_us_per_delivery"`
+	ToolReader       string      `json:"tool_reader"` // how the WebSocket clients read: see readerName
 }
 
 // gatewayLag is the gateway's own view of latency over the run: from an
@@ -192,6 +194,7 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 			Within20: lag.share(0.020), Within50: lag.share(0.050)}
 	}
 	r.ToolCPU = (ph.toolEnd - ph.toolStart).Seconds()
+	r.ToolReader = readerName(r.WS, strings.HasPrefix(r.Gateway, "https:"), ph.ringReadsEnd-ph.ringReadsStart)
 	if r.Delivered > 0 {
 		r.ToolCPUPerDel = r.ToolCPU * 1e6 / float64(r.Delivered)
 	}
@@ -244,4 +247,21 @@ func (r *report) verdict() error {
 		return fmt.Errorf("%d lost, %d duplicated, %d refused, %d failed to connect%s", r.Lost, r.Duplicated, r.Refused, r.ConnectFailed, hint)
 	}
 	return nil
+}
+
+// readerName says how the WebSocket clients were read, which is most of
+// the tool's CPU: epoll loops reading the ready sockets through io_uring
+// (ringCalls of them during the run), epoll loops with a read(2) each, or
+// a goroutine per socket (not Linux, or TLS).
+func readerName(ws int, tls bool, ringCalls int64) string {
+	switch {
+	case ws == 0:
+		return ""
+	case ringCalls > 0:
+		return "epoll + io_uring"
+	case pollAvailable && !tls:
+		return "epoll + read(2)"
+	default:
+		return "goroutine per socket"
+	}
 }

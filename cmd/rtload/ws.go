@@ -21,6 +21,16 @@ import (
 // process.
 var readPause atomic.Int64
 
+// readURing is -read-io-uring: the epoll readers (Linux) read the sockets
+// each round found ready through an io_uring. It turns itself off where
+// the kernel refuses. ringReads counts their calls through it. Off by
+// default: the tool then spends more, but the gateway's figures stay
+// comparable with every run before it (see the README, Load tool).
+var (
+	readURing atomic.Bool
+	ringReads atomic.Int64
+)
+
 // wsTransport dials /api/v1/budget/ws.
 type wsTransport struct {
 	addr   string // host:port to dial

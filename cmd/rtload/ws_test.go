@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -100,12 +101,39 @@ func peerTransport(t *testing.T, peer *wsPeer, token string, batch bool) *wsTran
 	return tr
 }
 
-// openStream opens a stream to tr with either reader: "default" is what a
-// run uses (the epoll loops where there are some), "goroutine" the reader
-// used for TLS and off Linux, over the same handshake.
+// readerKinds are the ways the tool reads a WebSocket: "io_uring" is what
+// a run uses on Linux (epoll loops reading the ready sockets through a
+// ring), "epoll" the same loops with a read(2) each (where the kernel
+// refuses io_uring, or -read-io-uring=false), "goroutine" the reader used
+// for TLS and off Linux. The first two are one kind off Linux.
+var readerKinds = []string{"io_uring", "epoll", "goroutine"}
+
+// useRing turns the epoll loops' io_uring reads on or off for the rest of
+// the test. On, the test fails unless some reads went through a ring (a
+// kernel that refuses io_uring would otherwise pass it with read(2)):
+// GATEWAY_TEST_NO_IO_URING=1 says the machine refuses, and skips it.
+func useRing(t *testing.T, on bool) {
+	t.Helper()
+	if on && os.Getenv("GATEWAY_TEST_NO_IO_URING") != "" {
+		t.Skip("io_uring refused here, as GATEWAY_TEST_NO_IO_URING says")
+	}
+	was := readURing.Load()
+	readURing.Store(on)
+	calls := ringReads.Load()
+	t.Cleanup(func() {
+		readURing.Store(was)
+		if on && pollAvailable && ringReads.Load() == calls {
+			t.Errorf("no read went through io_uring (refused here? set GATEWAY_TEST_NO_IO_URING=1)")
+		}
+	})
+}
+
+// openStream opens a stream to tr with the reader kind names, over the
+// same handshake.
 func openStream(t *testing.T, ctx context.Context, tr *wsTransport, kind, lastID string) stream {
 	t.Helper()
-	if kind == "default" {
+	if kind != "goroutine" {
+		useRing(t, kind == "io_uring")
 		s, err := tr.open(ctx, lastID)
 		if err != nil {
 			t.Fatalf("open: %v", err)
@@ -139,10 +167,10 @@ func TestWSStreamOverSocket(t *testing.T) {
 	tr := peerTransport(t, peer, "tok", true)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for _, kind := range []string{"default", "goroutine"} {
+	for _, kind := range readerKinds {
 		t.Run(kind, func(t *testing.T) {
 			s := openStream(t, ctx, tr, kind, "5-5")
-			if target := <-peer.targets; kind == "default" && target != "/api/v1/budget/ws?batch=1&last_event_id=5-5&token=tok" {
+			if target := <-peer.targets; kind != "goroutine" && target != "/api/v1/budget/ws?batch=1&last_event_id=5-5&token=tok" {
 				t.Errorf("request target %q", target)
 			}
 			exchanged := make(chan struct{})
@@ -202,7 +230,7 @@ func TestWSStreamReset(t *testing.T) {
 	first := frame(true, 1, []byte(`{"type":"connected"}`))
 	peer := newWSPeer(t, switching, first)
 	tr := peerTransport(t, peer, "", false)
-	for _, kind := range []string{"default", "goroutine"} {
+	for _, kind := range readerKinds {
 		t.Run(kind, func(t *testing.T) {
 			s := openStream(t, context.Background(), tr, kind, "")
 			defer s.close()
