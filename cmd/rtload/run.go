@@ -77,7 +77,7 @@ func parseFlags(args, environ []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON")
 	fs.StringVar(&o.metricsURL, "metrics-url", "", "the gateway's Prometheus metrics, for its own count of deliveries (default: /metrics on -url)")
 	fs.DurationVar(&o.readPause, "read-pause", time.Millisecond, "WebSocket readers (Linux) rest this long after a round that found few sockets ready: less tool CPU per delivery, up to this much more measured latency (0: read as data arrives)")
-	fs.BoolVar(&o.readURing, "read-io-uring", false, "WebSocket readers (Linux) read the sockets each round found ready in one io_uring call rather than a read(2) each, where the kernel allows: about a fifth less tool CPU per delivery, but on loopback the gateway's CPU per delivery then counts more of the tool's wake-ups (README, Load tool)")
+	fs.BoolVar(&o.readURing, "read-io-uring", false, "WebSocket readers (Linux) read the sockets each round found ready in one io_uring call rather than a read(2) each, where the kernel allows: about a fifth less tool CPU per delivery, but on loopback the gateway's CPU per delivery then includes more of the receiving side's kernel work (README, Load tool)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the tool's own CPU profile to this file (is the tool the bottleneck?)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
