@@ -55,7 +55,8 @@ cleanup() {
 	wait "$demo" 2>/dev/null || true
 	rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM # exit runs cleanup
 
 db=""
 i=0
