@@ -328,7 +328,7 @@ func (f *Follower) catchUp(ctx context.Context) bool {
 	f.mu.Unlock()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, f.ReadTimeout)
-		evs, next, err := f.Store.After(rctx, cursor)
+		evs, next, more, err := f.Store.After(rctx, cursor)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -348,7 +348,9 @@ func (f *Follower) catchUp(ctx context.Context) bool {
 		}
 		f.mu.Lock()
 		f.cursor = next
-		if next == cursor { // nothing more (a page of bad rows only still moves on)
+		// Nothing more: the page was not full, or was empty (a page of bad
+		// rows only still moves on). A commit after the read rings again.
+		if !more || next == cursor {
 			if f.readErr != nil {
 				f.Logger.Info("event log readable again")
 			}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -37,7 +38,8 @@ type Store struct {
 	// Logger reports rows the store skips; it defaults to slog.Default().
 	Logger *slog.Logger
 
-	bad tally // rows skipped by After and Latest, by kind
+	bad   tally        // rows skipped by After and Latest, by kind
+	pages atomic.Int64 // queries of readTxQuery made, for tests
 }
 
 // BadRows returns how many rows of each kind (BadRow*) After and Latest have
@@ -48,12 +50,19 @@ func (s *Store) BadRows() map[string]uint64 { return s.bad.snapshot() }
 
 // readTxQuery reads whole transactions in commit order. Paging by transaction
 // lets it walk the unique index on seq and then the (xid, id) primary key.
+// Every row also says how many transactions the page held: fewer than the
+// limit, and there was nothing after them, so the reader need not ask again
+// to find the log's end (a query per doorbell saved when commits come one
+// at a time). NOT MATERIALIZED: read twice, the page is still walked in
+// seq order, so the final sort only orders each transaction's rows (as one
+// materialized list it would sort the whole page: millions of rows for a
+// page of large transactions).
 const readTxQuery = `
-WITH t AS (
+WITH t AS NOT MATERIALIZED (
     SELECT xid, seq, committed_at FROM rtgw.tx
     WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
 )
-SELECT t.seq, e.id, e.tbl, e.op, e.type, e.data::text, t.committed_at
+SELECT t.seq, e.id, e.tbl, e.op, e.type, e.data::text, t.committed_at, (SELECT count(*) FROM t)
 FROM t JOIN rtgw.event e ON e.xid = t.xid
 ORDER BY t.seq, e.id`
 
@@ -63,17 +72,19 @@ type querier interface {
 }
 
 // After returns the events after pos, in commit order, reading at most one
-// page of transactions, and the position to read after next time. The reader
-// is caught up when that position is pos: a page may hold no event and still
-// move on, when every row in it was bad (skipped).
-func (s *Store) After(ctx context.Context, pos Position) ([]Event, Position, error) {
+// page of transactions, the position to read after next time, and whether
+// there may be more after that position. The reader is caught up when there
+// is no more, or when the position is pos: a page may hold no event and
+// still move on, when every row in it was bad (skipped).
+func (s *Store) After(ctx context.Context, pos Position) ([]Event, Position, bool, error) {
 	return s.page(ctx, s.Pool, pos, Position{Seq: math.MaxInt64, ID: math.MaxInt64}, true)
 }
 
 // page reads the events in (after, upTo], at most one page of transactions,
 // and returns the position the next page starts after (after itself when
-// there was nothing to read). report says whether bad rows are counted.
-func (s *Store) page(ctx context.Context, q querier, after, upTo Position, report bool) ([]Event, Position, error) {
+// there was nothing to read) and whether the page was full (there may be
+// more). report says whether bad rows are counted.
+func (s *Store) page(ctx context.Context, q querier, after, upTo Position, report bool) ([]Event, Position, bool, error) {
 	limit := s.PageTx
 	if limit <= 0 {
 		limit = 256
@@ -82,16 +93,17 @@ func (s *Store) page(ctx context.Context, q querier, after, upTo Position, repor
 	if after.ID == math.MaxInt64 {
 		from++ // after a whole transaction: no need to read it again
 	}
+	s.pages.Add(1)
 	rows, err := q.Query(ctx, readTxQuery, from, upTo.Seq, limit)
 	if err != nil {
-		return nil, after, fmt.Errorf("read event log: %w", err)
+		return nil, after, false, fmt.Errorf("read event log: %w", err)
 	}
-	sc, err := s.scan(ctx, q, rows, report)
+	sc, err := s.scan(ctx, q, rows, report, true)
 	if err != nil {
-		return nil, after, err
+		return nil, after, false, err
 	}
 	if sc.rows == 0 {
-		return nil, after, nil
+		return nil, after, false, nil
 	}
 	// Transactions are read whole, so the next page starts after the last
 	// one, whether its rows were good or not.
@@ -102,7 +114,7 @@ func (s *Store) page(ctx context.Context, q querier, after, upTo Position, repor
 			out = append(out, e)
 		}
 	}
-	return out, next, nil
+	return out, next, sc.pageTx >= int64(limit), nil
 }
 
 // scanned is what one query of event rows found.
@@ -110,13 +122,15 @@ type scanned struct {
 	evs         []Event  // the rows that decoded, in the query's order
 	first, last Position // of the first and last rows, bad ones included
 	rows        int      // rows read, bad ones included
+	pageTx      int64    // transactions the page held (readTxQuery's last column)
 }
 
 // scan decodes event rows (as readTxQuery selects them), skipping the ones
 // the gateway cannot use (counted and logged when report is set), and
 // applies the row size limit. Every column is read as nullable, so a row
 // broken by hand is skipped instead of failing every read after it.
-func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows, report bool) (scanned, error) {
+// counted says the rows end with readTxQuery's count of transactions.
+func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows, report, counted bool) (scanned, error) {
 	defer rows.Close()
 	var (
 		sc           scanned
@@ -127,7 +141,11 @@ func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows, report bool)
 		seq, id      int64
 	)
 	for rows.Next() {
-		if err := rows.Scan(&seq, &id, &tbl, &op, &typ, &data, &committed); err != nil {
+		dest := []any{&seq, &id, &tbl, &op, &typ, &data, &committed}
+		if counted {
+			dest = append(dest, &sc.pageTx)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return scanned{}, fmt.Errorf("scan event: %w", err)
 		}
 		r := row{Seq: seq, ID: id, Table: tbl.String, Op: op.String, Type: typ.String, Data: data}
@@ -177,7 +195,7 @@ ORDER BY t.seq DESC, e.id DESC LIMIT $1`, n)
 	if err != nil {
 		return nil, Position{}, false, fmt.Errorf("read log head: %w", err)
 	}
-	sc, err := s.scan(ctx, s.Pool, rows, true)
+	sc, err := s.scan(ctx, s.Pool, rows, true, false)
 	if err != nil {
 		return nil, Position{}, false, err
 	}
@@ -209,7 +227,7 @@ func (s *Store) Replay(ctx context.Context, after, upTo Position, fn func([]Even
 	for after.Compare(upTo) < 0 {
 		// Bad rows are skipped without counting them again: the follower or
 		// Latest did when they first read them.
-		evs, next, err := s.page(ctx, tx, after, upTo, false)
+		evs, next, more, err := s.page(ctx, tx, after, upTo, false)
 		if err != nil {
 			return err
 		}
@@ -220,6 +238,9 @@ func (s *Store) Replay(ctx context.Context, after, upTo Position, fn func([]Even
 			if err := fn(evs); err != nil {
 				return err
 			}
+		}
+		if !more {
+			break // the page was not full: nothing after it up to upTo
 		}
 		after = next
 	}

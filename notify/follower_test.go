@@ -1,0 +1,82 @@
+package notify_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/budget-rt/gateway/config"
+	"github.com/budget-rt/gateway/notify"
+	"github.com/budget-rt/gateway/notify/pgtest"
+)
+
+// Commits that come one at a time cost the follower one read each: a page
+// that was not full says the log ended there, so it does not ask again to
+// find the end (it did, twice the queries, when every catch-up ended with
+// an empty read). A full page is read on (TestFollowerSkipsBadInput's paged
+// follower, one transaction a page).
+func TestFollowerReadsOncePerCommit(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := pgtest.NewDatabase(t)
+	admin := connect(t, url)
+	mustExec(t, admin, `CREATE TABLE articles (id serial PRIMARY KEY, name text)`)
+	if err := notify.Install(ctx, admin, []config.Track{{Table: "articles", Prefix: "article"}}); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	store := &notify.Store{Pool: pool, Logger: slog.New(slog.DiscardHandler)}
+	published := make(chan notify.Event, 100)
+	f := &notify.Follower{
+		Store:        store,
+		Logger:       slog.New(slog.DiscardHandler),
+		PollInterval: time.Hour, // no safety poll, no heartbeat: only the doorbell reads
+		Connect:      func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) },
+		Publish: func(evs []notify.Event) {
+			for _, e := range evs {
+				published <- e
+			}
+		},
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("follower: %v", err)
+		}
+	})
+	waitFor(t, "follower ready", func() bool { return f.Status().Ready() })
+
+	const commits = 20
+	before := store.Pages()
+	for i := range commits {
+		name := fmt.Sprintf("one-%d", i)
+		mustExec(t, admin, `INSERT INTO articles (name) VALUES ($1)`, name)
+		select {
+		case e := <-published:
+			if e.Type != "article_created" || !strings.Contains(string(e.Data), name) {
+				t.Fatalf("commit %d published %s %s", i, e.Type, e.Data)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("commit %d not published within 20 s", i)
+		}
+	}
+	// Each commit rang once and was read once; a stray wake-up (a
+	// notification coalesced late) may add a read, never a read per commit.
+	if got := store.Pages() - before; got < commits || got > commits+commits/4 {
+		t.Errorf("%d reads of the log for %d commits one at a time, want %d (%d: an empty read after each)",
+			got, commits, commits, 2*commits)
+	}
+}
