@@ -140,11 +140,11 @@ func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows, report, coun
 		committed    pgtype.Timestamptz
 		seq, id      int64
 	)
+	dest := []any{&seq, &id, &tbl, &op, &typ, &data, &committed}
+	if counted {
+		dest = append(dest, &sc.pageTx)
+	}
 	for rows.Next() {
-		dest := []any{&seq, &id, &tbl, &op, &typ, &data, &committed}
-		if counted {
-			dest = append(dest, &sc.pageTx)
-		}
 		if err := rows.Scan(dest...); err != nil {
 			return scanned{}, fmt.Errorf("scan event: %w", err)
 		}
