@@ -167,16 +167,7 @@ func TestFollowerSkipsBadInput(t *testing.T) {
 			mu.Unlock()
 		},
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("follower: %v", err)
-		}
-	})
-	waitFor(t, "follower ready", func() bool { return f.Status().Ready() })
+	runFollower(t, f)
 
 	// published up to n events: wait for the next one, so each good event is
 	// shown to arrive after the garbage before it, not only at the end.
@@ -364,6 +355,21 @@ func samePositions(a, b []notify.Event) bool {
 
 // waitFor polls cond for up to 20 s: the follower has no signal for "this
 // notification was handled", but its effects are observable.
+// runFollower runs f until the test ends, and returns once it is ready.
+func runFollower(t *testing.T, f *notify.Follower) {
+	t.Helper()
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("follower: %v", err)
+		}
+	})
+	waitFor(t, "follower ready", func() bool { return f.Status().Ready() })
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

@@ -48,16 +48,7 @@ func TestFollowerReadsOncePerCommit(t *testing.T) {
 			}
 		},
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("follower: %v", err)
-		}
-	})
-	waitFor(t, "follower ready", func() bool { return f.Status().Ready() })
+	runFollower(t, f)
 
 	const commits = 20
 	before := store.Pages()
