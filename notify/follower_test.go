@@ -71,3 +71,55 @@ func TestFollowerReadsOncePerCommit(t *testing.T) {
 			got, commits, commits, 2*commits)
 	}
 }
+
+// Transactions without events (rows of rtgw.tx whose events were deleted by
+// hand; the gateway never writes one) are passed over, however many come
+// in a row: a page of them used to read as the end of the log, and more
+// than a page of them stopped the follower there for good.
+func TestFollowerPassesTransactionsWithoutEvents(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := pgtest.NewDatabase(t)
+	admin := connect(t, url)
+	mustExec(t, admin, `CREATE TABLE articles (id serial PRIMARY KEY, name text)`)
+	if err := notify.Install(ctx, admin, []config.Track{{Table: "articles", Prefix: "article"}}); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	store := &notify.Store{Pool: pool, Logger: slog.New(slog.DiscardHandler), PageTx: 16}
+	published := make(chan notify.Event, 100)
+	runFollower(t, &notify.Follower{
+		Store:        store,
+		Logger:       slog.New(slog.DiscardHandler),
+		PollInterval: time.Hour,
+		Connect:      func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) },
+		Publish: func(evs []notify.Event) {
+			for _, e := range evs {
+				published <- e
+			}
+		},
+	})
+	next := func(want string) {
+		t.Helper()
+		select {
+		case e := <-published:
+			if !strings.Contains(string(e.Data), want) {
+				t.Fatalf("published %s, want %s", e.Data, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s not published within 20 s", want)
+		}
+	}
+	mustExec(t, admin, `INSERT INTO articles (name) VALUES ('before')`)
+	next("before")
+	// 40 of them: two and a half pages. Their xids are far above any this
+	// test's server hands out.
+	mustExec(t, admin, `INSERT INTO rtgw.tx (xid, seq, committed_at)
+SELECT (1000000000000 + i)::text::xid8, nextval('rtgw.tx_seq'), clock_timestamp() FROM generate_series(1, 40) i`)
+	mustExec(t, admin, `INSERT INTO articles (name) VALUES ('after')`)
+	next("after")
+}

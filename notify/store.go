@@ -53,7 +53,8 @@ func (s *Store) BadRows() map[string]uint64 { return s.bad.snapshot() }
 // Every row also says how many transactions the page held: fewer than the
 // limit, and there was nothing after them, so the reader need not ask again
 // to find the log's end (a query per doorbell saved when commits come one
-// at a time). NOT MATERIALIZED: read twice, the page is still walked in
+// at a time), and a transaction without events (its events deleted by
+// hand) is a row of NULLs that moves the page past it. NOT MATERIALIZED: read twice, the page is still walked in
 // seq order, so the final sort only orders each transaction's rows (as one
 // materialized list it would sort the whole page: millions of rows for a
 // page of large transactions).
@@ -63,7 +64,7 @@ WITH t AS NOT MATERIALIZED (
     WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3
 )
 SELECT t.seq, e.id, e.tbl, e.op, e.type, e.data::text, t.committed_at, (SELECT count(*) FROM t)
-FROM t JOIN rtgw.event e ON e.xid = t.xid
+FROM t LEFT JOIN rtgw.event e ON e.xid = t.xid
 ORDER BY t.seq, e.id`
 
 type querier interface {
@@ -138,9 +139,10 @@ func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows, report, coun
 		tbl, op, typ pgtype.Text
 		data         []byte
 		committed    pgtype.Timestamptz
-		seq, id      int64
+		seq          int64
+		idv          pgtype.Int8
 	)
-	dest := []any{&seq, &id, &tbl, &op, &typ, &data, &committed}
+	dest := []any{&seq, &idv, &tbl, &op, &typ, &data, &committed}
 	if counted {
 		dest = append(dest, &sc.pageTx)
 	}
@@ -148,6 +150,17 @@ func (s *Store) scan(ctx context.Context, q querier, rows pgx.Rows, report, coun
 		if err := rows.Scan(dest...); err != nil {
 			return scanned{}, fmt.Errorf("scan event: %w", err)
 		}
+		if !idv.Valid {
+			// A transaction without events (readTxQuery's outer join):
+			// nothing to publish, but the page moves past it.
+			if sc.rows == 0 {
+				sc.first = Position{Seq: seq, ID: math.MaxInt64}
+			}
+			sc.last = Position{Seq: seq, ID: math.MaxInt64}
+			sc.rows++
+			continue
+		}
+		id := idv.Int64
 		r := row{Seq: seq, ID: id, Table: tbl.String, Op: op.String, Type: typ.String, Data: data}
 		if committed.Valid && committed.InfinityModifier == pgtype.Finite {
 			r.Time = committed.Time
