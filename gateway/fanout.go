@@ -180,7 +180,7 @@ func (r *uring) flush(k int) error {
 		}
 		r.bufs[i] = s.b
 	}
-	err := r.send(r.fds[:k], r.bufs[:k], r.res[:k])
+	err := r.Send(r.fds[:k], r.bufs[:k], r.res[:k])
 	// Every socket is let go before any connection goes on: going on may
 	// take other locks (the hub's, to refill its credit). end copies what
 	// a socket did not take out of the arena.

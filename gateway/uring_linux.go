@@ -9,9 +9,9 @@ import (
 
 // uring is a ring lent to a fan-out worker, with the worker's room for one
 // chunk (see pushAll). Where the kernel allows, a worker sends its chunk
-// of sockets their frames in one system call.
+// of sockets their frames in one system call (iouring.Ring.Send).
 type uring struct {
-	ring *iouring.Ring
+	*iouring.Ring
 	uringScratch
 }
 
@@ -20,15 +20,8 @@ func newURing(entries uint32) (*uring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &uring{ring: r}, nil
+	return &uring{Ring: r}, nil
 }
-
-// send: see iouring.Ring.Send.
-func (r *uring) send(fds []int32, bufs [][]byte, res []int32) error {
-	return r.ring.Send(fds, bufs, res)
-}
-
-func (r *uring) close() { r.ring.Close() }
 
 // uringPool lends rings to fan-out workers. Rings are made on demand, up
 // to limit (beyond it a worker writes as it would without io_uring), and
@@ -76,7 +69,7 @@ func putURing(r *uring) {
 
 // dropURing closes a ring whose state is unknown after a failed send.
 func dropURing(r *uring) {
-	r.close()
+	r.Close()
 	p := &uringPool
 	p.mu.Lock()
 	p.made--

@@ -33,7 +33,7 @@ func testRing(t *testing.T) *uring {
 		}
 		t.Fatalf("%v: on a kernel or sandbox that refuses io_uring, set GATEWAY_TEST_NO_IO_URING=1", err)
 	}
-	t.Cleanup(r.close)
+	t.Cleanup(r.Close)
 	return r
 }
 
@@ -84,7 +84,7 @@ func TestURingSendsEachBufferToItsSocket(t *testing.T) {
 	fds[3] = unixFull
 	fds = append(fds, int32(pw.Fd()))
 	res := make([]int32, len(frames))
-	if err := r.send(fds, frames, res); err != nil {
+	if err := r.Send(fds, frames, res); err != nil {
 		t.Fatalf("send: %v", err)
 	}
 	if res[0] != int32(len(frames[0])) || res[1] != int32(len(frames[1])) {

@@ -7,7 +7,7 @@ import "errors"
 // uring is Linux's; elsewhere every socket gets its own write.
 type uring struct{ uringScratch }
 
-func (*uring) send([]int32, [][]byte, []int32) error { return errUringUnsupported }
+func (*uring) Send([]int32, [][]byte, []int32) error { return errUringUnsupported }
 
 var errUringUnsupported = errors.New("io_uring is Linux only")
 

@@ -75,10 +75,12 @@ func (p *poller) loop() {
 			}
 		}
 		p.mu.Unlock()
-		if rr == nil && readURing.Load() {
+		useRing := readURing.Load()
+		if useRing && rr == nil {
 			rr = newRingReader() // nil where the kernel refuses
+			useRing = rr != nil
 		}
-		if rr != nil && readURing.Load() {
+		if useRing {
 			if err := rr.readAll(ready, buf); err != nil {
 				rr.ring.Close() // its state is unknown; the next round makes another
 				rr = nil
