@@ -48,6 +48,11 @@ const DefaultSubscription = "default"
 
 var errBadSubscription = errors.New("bad subscription")
 
+// everything reports whether s matches every event.
+func (s *Subscription) everything() bool {
+	return s.Types == nil && s.Tables == nil && len(s.Where) == 0
+}
+
 // match reports whether e is in s.
 func (s *Subscription) match(e *entry) bool {
 	if s.Types != nil && !s.Types[e.Type] {

@@ -81,6 +81,36 @@ func checkClient(t *testing.T, c *client) {
 	}
 }
 
+// A client subscribed to everything answers wants without reading its
+// subscriptions; once it narrows them, that shortcut must go, and come back
+// when it subscribes to everything again.
+func TestResubscribeNarrowsWants(t *testing.T) {
+	h := NewHub(slog.New(slog.DiscardHandler), nil, 16, nil)
+	c := newClient(nil, 1, &Subscription{ID: DefaultSubscription}, nil)
+	wanted := func() (n int) {
+		for _, e := range filterEvents {
+			if c.wants(e) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := wanted(); n != len(filterEvents) {
+		t.Fatalf("subscribed to everything, it wants %d of %d events", n, len(filterEvents))
+	}
+	set := func(subs ...*Subscription) {
+		h.resubscribe(c, func([]*Subscription) ([]*Subscription, error) { return subs, nil }, func([]*Subscription, error) {})
+	}
+	set(&Subscription{ID: "arts", Tables: map[string]bool{"articles": true}})
+	if n := wanted(); n != 1 {
+		t.Fatalf("subscribed to articles only, it wants %d events, want 1", n)
+	}
+	set(&Subscription{ID: "arts", Tables: map[string]bool{"articles": true}}, &Subscription{ID: "all"})
+	if n := wanted(); n != len(filterEvents) {
+		t.Fatalf("subscribed to everything again, it wants %d of %d events", n, len(filterEvents))
+	}
+}
+
 func subsString(subs []*Subscription) string {
 	b, _ := json.Marshal(subs)
 	return string(b)
@@ -199,7 +229,7 @@ func FuzzSubscribe(f *testing.F) {
 			}
 		}
 		c := newClient(nil, 1, &Subscription{}, view)
-		c.subs = subs
+		c.setSubs(subs)
 		checkClient(t, c)
 	})
 }

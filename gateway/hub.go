@@ -83,6 +83,7 @@ type client struct {
 
 	// Guarded by Hub.mu once attached.
 	subs  []*Subscription // what it asked for: the union of these
+	all   bool            // one of subs is everything (setSubs): most clients
 	view  viewer          // what its user may see
 	after notify.Position // every event it wants up to here was handed over
 	keys  []string        // its index keys
@@ -92,13 +93,30 @@ type client struct {
 
 // newClient makes a client with the subscription it connected with.
 func newClient(k sink, limit int, sub *Subscription, view viewer) *client {
-	return &client{sink: k, limit: int32(limit), subs: []*Subscription{sub}, view: view}
+	c := &client{sink: k, limit: int32(limit), view: view}
+	c.setSubs([]*Subscription{sub})
+	return c
+}
+
+// setSubs sets c's subscriptions. A fan-out asks every client whether it
+// wants the event: for the usual client, subscribed to everything, the
+// answer is then on the client itself, without another object to read.
+func (c *client) setSubs(subs []*Subscription) {
+	c.subs, c.all = subs, false
+	for _, s := range subs {
+		if s.everything() {
+			c.all = true
+		}
+	}
 }
 
 // wants reports whether c asked for e and may see it.
 func (c *client) wants(e *entry) bool {
 	if !c.view.visible(e) {
 		return false
+	}
+	if c.all {
+		return true
 	}
 	for _, s := range c.subs {
 		if s.match(e) {
@@ -211,7 +229,7 @@ func (h *Hub) Publish(evs []notify.Event) {
 				return
 			}
 			c.mark = h.stamp
-			if ev.Pos.Compare(c.after) > 0 && c.wants(e) && !h.offer(c, e) {
+			if ev.Pos.Compare(c.after) > 0 && c.wants(e) && !h.queue(c, e) {
 				slow = append(slow, c)
 				h.drop(c)
 			}
@@ -233,6 +251,11 @@ func (h *Hub) offer(c *client, e *entry) bool {
 		c.after = e.Pos
 		return true
 	}
+	return h.queue(c, e)
+}
+
+// queue is offer for an event c wants. Call with h.mu held.
+func (h *Hub) queue(c *client, e *entry) bool {
 	if c.inflight.Load() >= c.limit {
 		// It has every event it wants before e (live, the index offered it
 		// each; refilling, it walks the window in order).
@@ -538,7 +561,7 @@ func (h *Hub) resubscribe(c *client, change func([]*Subscription) ([]*Subscripti
 		if attached {
 			h.index.remove(c)
 		}
-		c.subs = subs
+		c.setSubs(subs)
 		if attached {
 			h.index.add(c)
 		}
