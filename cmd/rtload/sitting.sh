@@ -6,6 +6,7 @@
 #   cmd/rtload/sitting.sh                  # every scenario once, about 5 minutes
 #   ROUNDS=2 OUT=/tmp/sitting cmd/rtload/sitting.sh
 #   SCENARIOS="ws1k-100 storm10k" cmd/rtload/sitting.sh
+#   TOOL_NICE=19 SCENARIOS=ws10k-10 cmd/rtload/sitting.sh
 #
 # Scenarios (SCENARIOS, default all): ws1k-100, ws1k-100-batch, ws1k-300-batch,
 # ws5k-20, ws10k-10, ws19k-5 (clients x rows/s, 20 s each) and storm10k (10,000
@@ -13,6 +14,9 @@
 # gateway, so its memory per connection is its own. Every run's report is kept
 # in OUT (default: a new temporary directory) and its summary lines printed.
 # A run that loses or repeats a row fails, and so does the sitting.
+# TOOL_NICE runs rtload at that nice level (default 0, the gateway's own):
+# at 19 the tool's readers take the CPU only when the gateway leaves it,
+# standing in for clients on other machines.
 #
 # Needs go, curl, and PostgreSQL's server programs (initdb, pg_ctl: Debian's
 # postgresql) for the demo's throwaway cluster. 19,000 clients need 19,000
@@ -24,6 +28,7 @@ set -eu
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 rounds=${ROUNDS:-1}
+tool_nice=${TOOL_NICE:-0}
 scenarios=${SCENARIOS:-"ws1k-100 ws1k-100-batch ws1k-300-batch ws5k-20 ws10k-10 ws19k-5 storm10k"}
 out=${OUT:-$(mktemp -d /tmp/rtload-sitting-XXXXXX)}
 mkdir -p "$out"
@@ -91,6 +96,19 @@ exec '$work/start.sh'
 EOF
 chmod +x "$work/start.sh" "$work/restart.sh"
 
+# tool runs rtload at nice $tool_nice. The gateway runs in a session of
+# its own (setsid), and where the kernel groups each session's threads
+# (sched_autogroup_enabled, common on desktops and small VMs) a nice level
+# only counts within the group: the tool gets a session of its own, with
+# the group's nice set too.
+tool() {
+	if [ "$tool_nice" = 0 ]; then
+		"$@"
+		return
+	fi
+	setsid -w sh -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' "$tool_nice" "$@"
+}
+
 failed=0
 run() { # name, rtload flags...
 	name=$1
@@ -98,7 +116,7 @@ run() { # name, rtload flags...
 	"$work/start.sh"
 	gw=$(cat "$work/gateway.pid")
 	status=0
-	"$work/rtload" -url http://127.0.0.1:18190 -metrics-url http://127.0.0.1:18191/metrics -db "$db" "$@" \
+	tool "$work/rtload" -url http://127.0.0.1:18190 -metrics-url http://127.0.0.1:18191/metrics -db "$db" "$@" \
 		>"$out/$name.txt" 2>"$out/$name.err" || status=$?
 	# The storm's restart left another process than the one started here.
 	gw=$(cat "$work/gateway.pid")
@@ -108,7 +126,7 @@ run() { # name, rtload flags...
 	[ $status = 0 ] || failed=1
 }
 
-echo "sitting: $(nproc) CPUs, $files open files per process, reports in $out"
+echo "sitting: $(nproc) CPUs, $files open files per process, rtload at nice $tool_nice, reports in $out"
 r=0
 while [ $r -lt "$rounds" ]; do
 	r=$((r + 1))
