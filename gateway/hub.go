@@ -93,9 +93,16 @@ type client struct {
 
 // newClient makes a client with the subscription it connected with.
 func newClient(k sink, limit int, sub *Subscription, view viewer) *client {
-	c := &client{sink: k, limit: int32(limit), view: view}
-	c.setSubs([]*Subscription{sub})
+	c := new(client)
+	c.init(k, limit, sub, view)
 	return c
+}
+
+// init makes c, in place, a client with the subscription it connected
+// with: a transport may keep its client within its own connection object.
+func (c *client) init(k sink, limit int, sub *Subscription, view viewer) {
+	c.sink, c.limit, c.view = k, int32(limit), view
+	c.setSubs([]*Subscription{sub})
 }
 
 // setSubs sets c's subscriptions. A fan-out asks every client whether it

@@ -271,7 +271,8 @@ func originChecker(allowed []string) func(r *http.Request) bool {
 // writer starts after it. It runs before the read loop, as melody's
 // connect hook did, so no client message is answered before the replay.
 func (t *wsTransport) connect(ctx context.Context, c *wsConn) {
-	c.client = newClient(c, int(t.queue), c.sub, t.hub.Viewer(c.user))
+	c.client = &c.cl
+	c.cl.init(c, int(t.queue), c.sub, t.hub.Viewer(c.user))
 	t.conns.attach(c)
 	// Control pings cost a pong each: they count against the message rate
 	// like data messages. (Browsers never send them.)
