@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/budget-rt/gateway/internal/testnet"
 )
 
 // socketPair returns both ends of a loopback TCP connection, the server's
@@ -20,31 +22,9 @@ import (
 // a frame of a MiB cannot fit.
 func socketPair(t *testing.T) (*corkConn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
-	_ = client.(*net.TCPConn).SetReadBuffer(64 << 10)
-	_ = server.(*net.TCPConn).SetWriteBuffer(64 << 10)
-	t.Cleanup(func() { client.Close(); server.Close() })
+	client, server := testnet.TCPPair(t)
+	_ = client.SetReadBuffer(64 << 10)
+	_ = server.SetWriteBuffer(64 << 10)
 
 	// The same wrapping as the upgrade's hijack.
 	var hj hijacker

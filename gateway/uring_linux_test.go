@@ -18,21 +18,16 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/budget-rt/gateway/internal/testnet"
 	"github.com/budget-rt/gateway/notify"
 )
 
-// testRing is a ring for a test. A machine that refuses io_uring fails
-// the test rather than skipping it silently: say so with
-// GATEWAY_TEST_NO_IO_URING=1, and the write(2) path is all there is.
+// testRing is a ring for a test (see testnet.NeedRing); without one, the
+// write(2) path is all there is.
 func testRing(t *testing.T) *uring {
 	t.Helper()
 	r, err := newURing(fanChunk)
-	if err != nil {
-		if os.Getenv("GATEWAY_TEST_NO_IO_URING") != "" {
-			t.Skipf("io_uring refused here (%v), as GATEWAY_TEST_NO_IO_URING says", err)
-		}
-		t.Fatalf("%v: on a kernel or sandbox that refuses io_uring, set GATEWAY_TEST_NO_IO_URING=1", err)
-	}
+	testnet.NeedRing(t, err)
 	t.Cleanup(r.Close)
 	return r
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/budget-rt/gateway/internal/testnet"
 )
 
 // wsPeer is a WebSocket server written out byte by byte, on a real
@@ -114,8 +116,8 @@ var readerKinds = []string{"io_uring", "epoll", "goroutine"}
 // GATEWAY_TEST_NO_IO_URING=1 says the machine refuses, and skips it.
 func useRing(t *testing.T, on bool) {
 	t.Helper()
-	if on && os.Getenv("GATEWAY_TEST_NO_IO_URING") != "" {
-		t.Skip("io_uring refused here, as GATEWAY_TEST_NO_IO_URING says")
+	if on && os.Getenv(testnet.NoIOURing) != "" {
+		t.Skipf("io_uring refused here, as %s says", testnet.NoIOURing)
 	}
 	was := readURing.Load()
 	readURing.Store(on)
@@ -123,7 +125,7 @@ func useRing(t *testing.T, on bool) {
 	t.Cleanup(func() {
 		readURing.Store(was)
 		if on && pollAvailable && ringReads.Load() == calls {
-			t.Errorf("no read went through io_uring (refused here? set GATEWAY_TEST_NO_IO_URING=1)")
+			t.Errorf("no read went through io_uring (refused here? set %s=1)", testnet.NoIOURing)
 		}
 	})
 }

@@ -9,54 +9,27 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/budget-rt/gateway/internal/testnet"
 )
 
-// testRing is a ring for a test. A machine that refuses io_uring fails the
-// test rather than skipping it silently: say so with
-// GATEWAY_TEST_NO_IO_URING=1.
+// testRing is a ring for a test (see testnet.NeedRing).
 func testRing(t *testing.T, entries uint32) *Ring {
 	t.Helper()
 	r, err := New(entries)
-	if err != nil {
-		if os.Getenv("GATEWAY_TEST_NO_IO_URING") != "" {
-			t.Skipf("io_uring refused here (%v), as GATEWAY_TEST_NO_IO_URING says", err)
-		}
-		t.Fatalf("%v: on a kernel or sandbox that refuses io_uring, set GATEWAY_TEST_NO_IO_URING=1", err)
-	}
+	testnet.NeedRing(t, err)
 	t.Cleanup(r.Close)
 	return r
 }
 
 // tcpPair returns the descriptors of both ends of a loopback TCP
-// connection, each a duplicate the test owns.
+// connection, each a duplicate the test owns: the Go connections are
+// closed at once, so that closing a descriptor ends its side.
 func tcpPair(t *testing.T) (a, b int) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
-	defer server.Close()
-	dup := func(c net.Conn) int {
-		raw, err := c.(*net.TCPConn).SyscallConn()
+	client, server := testnet.TCPPair(t)
+	dup := func(c *net.TCPConn) int {
+		raw, err := c.SyscallConn()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -68,6 +41,7 @@ func tcpPair(t *testing.T) (a, b int) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = unix.Close(fd) })
+		_ = c.Close()
 		return fd
 	}
 	return dup(client), dup(server)
