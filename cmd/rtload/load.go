@@ -16,16 +16,17 @@ import (
 
 // run phases, for the report.
 type phases struct {
-	pid                                int
-	before, connected, writeStart, end procSample
-	procErr                            error
-	toolStart, toolEnd                 time.Duration
-	ringReadsStart, ringReadsEnd       int64 // the WebSocket readers' io_uring calls
-	writeStartAt, endAt                time.Time
-	restartAt                          int32 // clock time the restart command started, 0: none
-	restartErr                         error
-	loadStart, loadEnd                 string
-	gwStart, gwEnd                     gwSample // the gateway's /metrics
+	pid                                      int
+	before, half, connected, writeStart, end procSample
+	halfConns                                int // clients connected when half was sampled
+	procErr                                  error
+	toolStart, toolEnd                       time.Duration
+	ringReadsStart, ringReadsEnd             int64 // the WebSocket readers' io_uring calls
+	writeStartAt, endAt                      time.Time
+	restartAt                                int32 // clock time the restart command started, 0: none
+	restartErr                               error
+	loadStart, loadEnd                       string
+	gwStart, gwEnd                           gwSample // the gateway's /metrics
 }
 
 // load connects the clients, runs the writer, waits for the deliveries
@@ -75,31 +76,44 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 		firstErr  error
 	)
 	connectStart := time.Now()
-	for _, c := range clients {
-		sem <- struct{}{}
-		opening.Go(func() {
-			defer func() { <-sem }()
-			octx, cancel := context.WithTimeout(cctx, 30*time.Second)
-			s, err := c.connect(octx, head)
-			cancel()
-			if err != nil {
-				if errors.Is(err, errRefused) {
-					refused.Add(1)
-				} else {
-					failed.Add(1)
+	// The clients connect in two halves, the gateway's memory sampled
+	// between them: what the second half added is the cost of a
+	// connection, apart from what the gateway's first connections grow
+	// once (the runtime's heap and arenas, the fan-out's rings).
+	openAll := func(clients []*client) {
+		for _, c := range clients {
+			sem <- struct{}{}
+			opening.Go(func() {
+				defer func() { <-sem }()
+				octx, cancel := context.WithTimeout(cctx, 30*time.Second)
+				s, err := c.connect(octx, head)
+				cancel()
+				if err != nil {
+					if errors.Is(err, errRefused) {
+						refused.Add(1)
+					} else {
+						failed.Add(1)
+					}
+					mu.Lock()
+					firstErr = cmp.Or(firstErr, err)
+					mu.Unlock()
+					return
 				}
 				mu.Lock()
-				firstErr = cmp.Or(firstErr, err)
+				connected = append(connected, c)
 				mu.Unlock()
-				return
-			}
-			mu.Lock()
-			connected = append(connected, c)
-			mu.Unlock()
-			following.Go(func() { c.follow(cctx, s) })
-		})
+				following.Go(func() { c.follow(cctx, s) })
+			})
+		}
+		opening.Wait()
 	}
-	opening.Wait()
+	half := len(clients) / 2
+	openAll(clients[:half])
+	if ph.procErr == nil && half > 0 {
+		ph.half, ph.procErr = sampleProc(pid)
+		ph.halfConns = len(connected)
+	}
+	openAll(clients[half:])
 	connectWall := time.Since(connectStart)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()

@@ -51,6 +51,9 @@ func (r *report) print(w io.Writer) {
 		p("gateway      RSS %d KiB idle, %d KiB connected (%.1f KiB per connection), %d KiB at the end",
 			r.RSSBefore, r.RSSConnected, r.KiBPerConn, r.RSSEnd)
 	}
+	if r.RSSHalf > 0 {
+		p("gateway      RSS %d KiB with half the clients: %.1f KiB for each of the second half", r.RSSHalf, r.KiBPerConnAdded)
+	}
 	if r.GatewayCPU > 0 {
 		p("gateway CPU  %.2fs: %.2f µs per delivery", r.GatewayCPU, r.GatewayCPUPerDel)
 	}

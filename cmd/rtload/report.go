@@ -58,6 +58,9 @@ type report struct {
 	RSSConnected     int64       `json:"gateway_rss_kib_connected"`
 	RSSEnd           int64       `json:"gateway_rss_kib_end"`
 	KiBPerConn       float64     `json:"gateway_kib_per_connection"`
+	RSSHalf          int64       `json:"gateway_rss_kib_half"`                   // with the first half of the clients connected
+	ConnectedHalf    int         `json:"connected_half"`                         // how many that was
+	KiBPerConnAdded  float64     `json:"gateway_kib_per_connection_second_half"` // what each of the second half added
 	GatewayNote      string      `json:"gateway_note,omitempty"`
 	GatewayWrote     float64     `json:"gateway_delivered_metric"` // its rtgw_events_delivered_total over the run (-1: unknown)
 	GatewayLag       *gatewayLag `json:"gateway_write_lag,omitempty"`
@@ -205,6 +208,10 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 		r.GatewayPID = ph.pid
 		r.RSSBefore, r.RSSConnected, r.RSSEnd = ph.before.rss, ph.connected.rss, ph.end.rss
 		r.KiBPerConn = float64(ph.connected.rss-ph.before.rss) / float64(len(cs))
+		if n := len(cs) - ph.halfConns; ph.halfConns > 0 && n > 0 {
+			r.RSSHalf, r.ConnectedHalf = ph.half.rss, ph.halfConns
+			r.KiBPerConnAdded = float64(ph.connected.rss-ph.half.rss) / float64(n)
+		}
 		if ph.end.start != ph.writeStart.start {
 			r.GatewayNote = "the gateway restarted during the run: its CPU time is unknown, its memory at the end is the new process's"
 			break

@@ -71,6 +71,14 @@ func TestLoadToolCountsEveryDelivery(t *testing.T) {
 	if r.GatewayNote != "" || r.RSSConnected <= 0 {
 		t.Errorf("gateway figures missing: note %q, RSS %d KiB", r.GatewayNote, r.RSSConnected)
 	}
+	// Memory is sampled with the first half of the clients connected too,
+	// so that what each of the second half added can be told apart from
+	// the gateway's one-time growth.
+	if r.ConnectedHalf != r.Connected/2 || r.RSSHalf <= 0 ||
+		r.KiBPerConnAdded != float64(r.RSSConnected-r.RSSHalf)/float64(r.Connected-r.ConnectedHalf) {
+		t.Errorf("half-way sample: %d clients, RSS %d KiB, %v KiB each after: want %d clients, RSS > 0, (%d - %d) / %d",
+			r.ConnectedHalf, r.RSSHalf, r.KiBPerConnAdded, r.Connected/2, r.RSSConnected, r.RSSHalf, r.Connected-r.Connected/2)
+	}
 	if r.GatewayCPU > 0 && r.GatewayCPUPerDel != r.GatewayCPU*1e6/float64(r.Delivered) {
 		t.Errorf("gateway µs per delivery %v, want %v s / %d", r.GatewayCPUPerDel, r.GatewayCPU, r.Delivered)
 	}
