@@ -78,8 +78,8 @@ func load(ctx context.Context, logger *slog.Logger, o options) (*report, error) 
 	connectStart := time.Now()
 	// The clients connect in two halves, the gateway's memory sampled
 	// between them: what the second half added is the cost of a
-	// connection, apart from what the gateway's first connections grow
-	// once (the runtime's heap and arenas, the fan-out's rings).
+	// connection, without what a fresh gateway grows once, however many
+	// connect (it weighs most in a run of few clients).
 	openAll := func(clients []*client) {
 		for _, c := range clients {
 			sem <- struct{}{}
