@@ -27,7 +27,8 @@ type fanout struct {
 	next    int       // list[next:] are still waiting
 	running int
 	max     int
-	uring   bool // send through io_uring when a ring can be had
+	uring   bool  // send through io_uring when a ring can be had
+	touched int32 // what the workers' touch loops read, kept so that their loads are made
 }
 
 // fanChunk is how many connections a worker takes from the list at once.
@@ -53,9 +54,10 @@ func (f *fanout) schedule(c *wsConn) {
 // work gives listed connections their turn until the list is empty.
 func (f *fanout) work() {
 	var (
-		chunk [fanChunk]*wsConn
-		buf   []byte
-		ring  *uring
+		chunk   [fanChunk]*wsConn
+		buf     []byte
+		ring    *uring
+		touched int32
 	)
 	if f.uring {
 		ring = getURing()
@@ -75,10 +77,12 @@ func (f *fanout) work() {
 		}
 		if n == 0 {
 			f.running--
+			f.touched |= touched
 			f.mu.Unlock()
 			return
 		}
 		f.mu.Unlock()
+		touched |= touch(chunk[:n])
 		if ring != nil && n > 1 {
 			if err := pushAll(ring, chunk[:n]); err != nil {
 				dropURing(ring) // its state is unknown; the next worker makes another
@@ -92,6 +96,21 @@ func (f *fanout) work() {
 			chunk[i] = nil
 		}
 	}
+}
+
+// touch reads a field of each of the chunk's connections' objects (the
+// connection, its socket, its hub client) in plain loads that do not wait
+// for each other. With thousands of connections each is a cache miss:
+// here they overlap, where taken one connection at a time, under the
+// locks that follow (a lock waits for the loads before it), they add up.
+// Paced benchmark at 10,000 sockets, alternated with the code before:
+// 0.08-0.41 µs less user CPU per delivery in 12 of 12 pairs (of 0.6-1.0).
+// At 1,000 sockets, where the objects stay in the caches, no difference.
+func touch(chunk []*wsConn) (seen int32) {
+	for _, c := range chunk {
+		seen |= c.pending.Load() | c.sock.fd | c.cl.limit
+	}
+	return seen
 }
 
 // uringScratch is a ring's room for one chunk, kept with the ring so that
