@@ -353,8 +353,6 @@ func samePositions(a, b []notify.Event) bool {
 	return true
 }
 
-// waitFor polls cond for up to 20 s: the follower has no signal for "this
-// notification was handled", but its effects are observable.
 // runFollower runs f until the test ends, and returns once it is ready.
 func runFollower(t *testing.T, f *notify.Follower) {
 	t.Helper()
@@ -370,6 +368,9 @@ func runFollower(t *testing.T, f *notify.Follower) {
 	waitFor(t, "follower ready", func() bool { return f.Status().Ready() })
 }
 
+// waitFor polls cond for up to 20 s, for what no signal announces but its
+// effects show: the follower has handled a notification, the capture has
+// counted a batch.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

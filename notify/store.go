@@ -54,10 +54,10 @@ func (s *Store) BadRows() map[string]uint64 { return s.bad.snapshot() }
 // limit, and there was nothing after them, so the reader need not ask again
 // to find the log's end (a query per doorbell saved when commits come one
 // at a time), and a transaction without events (its events deleted by
-// hand) is a row of NULLs that moves the page past it. NOT MATERIALIZED: read twice, the page is still walked in
-// seq order, so the final sort only orders each transaction's rows (as one
-// materialized list it would sort the whole page: millions of rows for a
-// page of large transactions).
+// hand) is a row of NULLs that moves the page past it. NOT MATERIALIZED:
+// read twice, the page is still walked in seq order, so the final sort only
+// orders each transaction's rows (as one materialized list it would sort
+// the whole page: millions of rows for a page of large transactions).
 const readTxQuery = `
 WITH t AS NOT MATERIALIZED (
     SELECT xid, seq, committed_at FROM rtgw.tx
