@@ -46,6 +46,11 @@ type corkConn struct {
 	answer  bool        // the next write is gorilla's answer to the upgrade
 	deflate bool        // that answer agreed to permessage-deflate
 	err     error       // the first failed write: the socket is broken
+
+	rd frameReader // the reading side: gorilla's reads, the reader's look ahead (wsread.go)
+	// onClose runs once the socket is closed, by whichever path: a
+	// connection whose reader is parked has no read to fail (idlePoller).
+	onClose func()
 }
 
 // corkFlushBytes bounds what one writer gathers before it writes.
@@ -328,6 +333,7 @@ func (c *corkConn) closeWith(frame []byte) bool {
 	c.release()
 	c.mu.Unlock()
 	_ = c.Conn.Close()
+	c.closed()
 	return true
 }
 
@@ -345,7 +351,16 @@ func (c *corkConn) Close() error {
 		c.err = net.ErrClosed
 	}
 	c.mu.Unlock()
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	c.closed()
+	return err
+}
+
+// closed runs onClose, after the socket is closed.
+func (c *corkConn) closed() {
+	if c.onClose != nil {
+		c.onClose()
+	}
 }
 
 // corkingWriter hands gorilla's upgrade a corkConn in place of the

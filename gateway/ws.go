@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -33,14 +32,18 @@ import (
 // long as the socket; allocates its queue of MessageBufferSize envelopes
 // up front; and keeps gorilla's default 4 KiB read and write buffers. Here
 // the handler returns right after the upgrade (the read loop runs in a
-// goroutine of its own, so net/http frees its buffers and the request),
+// goroutine of its own, so net/http frees its buffers and the request,
+// and that goroutine ends while the connection is idle),
 // gorilla gets small buffers, and the queue is a slice. Events are not
 // written through gorilla: each event's frame is built once, header
 // included, and a few fan-out workers shared by all connections write it
 // straight into every socket that has room, with everything else queued
 // for that socket in the same write(2); only a socket without room gets a
 // goroutine of its own until it drains (see fanout, wsConn and corkConn).
-// gorilla still does the handshake, the reading, and the control frames.
+// gorilla still does the handshake and reads the data and close frames;
+// ping and pong frames are taken out before it (wsread.go), so that an
+// idle connection's reader can park, leaving it no goroutine at all
+// (idlePoller).
 // The flow control is the hub's (credit, lagging clients pulling from the
 // window), as it was with melody.
 type wsTransport struct {
@@ -162,6 +165,8 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.ws, c.sock, c.zip = ws, cw.conn, cw.conn.deflate
+	c.sock.rd.ctl = func(op byte, payload []byte) { t.controlFrame(c, op, payload) }
+	c.sock.onClose = c.wake
 	// The handler returns now, so that net/http lets go of the request and
 	// its per-connection buffers; the connection lives on in its reader.
 	// The attach has a context of its own: the request's ends with the
@@ -174,26 +179,58 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve runs one connection: the attach, then the read loop, then the
 // cleanup.
 func (t *wsTransport) serve(ctx context.Context, c *wsConn) {
-	defer t.finish(c)
 	c.ws.SetReadLimit(t.maxMessage) // over it, gorilla sends 1009 and the read fails
 	t.connect(ctx, c)
+	c.lastPong.Store(time.Now().UnixNano()) // the first ping is pingPeriod away
+	_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	c.armPing()
-	t.read(c)
+	t.reading(c)
 }
 
-// read runs the connection's read loop until the socket fails or closes.
-func (t *wsTransport) read(c *wsConn) {
+// reading runs the read loop, then cleans up, unless the reader parked:
+// the connection then lives on without it, and the reader started when
+// its socket turns readable (or is closed) carries on.
+func (t *wsTransport) reading(c *wsConn) {
+	if !t.read(c) {
+		t.finish(c)
+	}
+}
+
+// controlFrame answers a client's ping and notes its pong: corkConn takes
+// them out of what gorilla reads (wsread.go).
+func (t *wsTransport) controlFrame(c *wsConn, op byte, payload []byte) {
+	switch op {
+	case opPong:
+		now := time.Now()
+		c.lastPong.Store(now.UnixNano())
+		if !c.readClosing.Load() {
+			_ = c.sock.SetReadDeadline(now.Add(pongWait))
+		}
+	case opPing:
+		// Control pings cost a pong each: they count against the message
+		// rate like data messages. (Browsers never send them.) A failed
+		// pong is the read's to notice.
+		if t.allow(c) {
+			_ = c.ws.WriteControl(websocket.PongMessage, payload, time.Now().Add(time.Second))
+		}
+	}
+}
+
+// read runs the connection's read loop until the socket fails or closes
+// (false), or until it finds nothing to read between two messages and
+// parks the connection (true). The read deadline (a pong within pongWait,
+// or closeGrace once closing) bounds every wait inside gorilla.
+func (t *wsTransport) read(c *wsConn) (parked bool) {
 	ws := c.ws
-	_ = ws.SetReadDeadline(time.Now().Add(pongWait))
-	ws.SetPongHandler(func(string) error {
-		_ = ws.SetReadDeadline(time.Now().Add(pongWait))
-		return nil
-	})
 	for {
+		if idle.usable() && !c.readClosing.Load() && !c.cut.Load() && !c.sock.between() && idle.park(c) {
+			return true
+		}
 		typ, msg, err := ws.ReadMessage()
 		if err != nil {
 			if errors.Is(err, websocket.ErrReadLimit) {
-				c.why.set(whyTooBig) // metrics: gorilla sent it 1009
+				c.why.set(whyTooBig)      // metrics: gorilla sent it 1009
+				c.readClosing.Store(true) // pongs read meanwhile must not move the deadline on
 				// The rest of the message is unread: closing now would
 				// reset the connection and the client could lose the close
 				// frame. Drop what comes until it answers (gorilla's client
@@ -201,7 +238,7 @@ func (t *wsTransport) read(c *wsConn) {
 				_ = c.sock.SetReadDeadline(time.Now().Add(closeGrace))
 				_, _ = io.Copy(io.Discard, c.sock)
 			}
-			return
+			return false
 		}
 		switch typ {
 		case websocket.TextMessage:
@@ -216,6 +253,7 @@ func (t *wsTransport) read(c *wsConn) {
 // A write still stuck in the socket is cut: the client is gone, or has
 // already been sent its close frame.
 func (t *wsTransport) finish(c *wsConn) {
+	idle.forget(c)
 	c.stop()
 	_ = c.sock.cut(time.Now())
 	_ = c.ws.Close()
@@ -274,20 +312,6 @@ func (t *wsTransport) connect(ctx context.Context, c *wsConn) {
 	c.client = &c.cl
 	c.cl.init(c, int(t.queue), c.sub, t.hub.Viewer(c.user))
 	t.conns.attach(c)
-	// Control pings cost a pong each: they count against the message rate
-	// like data messages. (Browsers never send them.)
-	ws := c.ws
-	ws.SetPingHandler(func(data string) error {
-		if !t.allow(c) {
-			return nil
-		}
-		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
-		var ne net.Error
-		if errors.Is(err, websocket.ErrCloseSent) || (errors.As(err, &ne) && ne.Timeout()) {
-			return nil // as gorilla's default handler: not worth ending the read loop
-		}
-		return err
-	})
 	err := c.write(controlFrame("connected", "", map[string]any{"user_id": c.user.ID, "connection_id": c.id}, time.Now()))
 	if err == nil {
 		// The socket is corked since the upgrade: the answer to it and the

@@ -23,8 +23,9 @@ import (
 // its frames into the socket if it has room, in one write(2) and without
 // waiting. Only a socket without room gets a goroutine of its own (drain),
 // which waits for room, writes the queue until it is empty, and ends. An
-// idle connection therefore costs its reader's goroutine and nothing else,
-// and a busy one no goroutine start, no wake-up and no lock but its own.
+// idle connection therefore costs no goroutine (its reader parks: see
+// idlePoller), and a busy one no goroutine start, no wake-up and no lock
+// but its own.
 type wsConn struct {
 	id     string // connection_id, for /ws/disconnect
 	user   User
@@ -41,8 +42,17 @@ type wsConn struct {
 	batch  bool            // ?batch=1: events queued together go out as one frame
 	zip    bool            // it negotiated permessage-deflate: events go compressed
 	cut    atomic.Bool     // closed for breaking a limit: ignore what it sent after
-	why    closeTag        // metrics: why it ended
-	cancel context.CancelFunc
+	// readClosing: the reader sent a close frame (closeFromReader) and
+	// reads until the client answers, under a deadline: it must not park.
+	readClosing atomic.Bool
+	lastPong    atomic.Int64 // unix nanoseconds of the last pong (or the attach)
+	// parked: the connection has no reader; its socket waits in the idle
+	// poller's set (idle_linux.go). Whoever clears it starts the reader.
+	parked    atomic.Bool
+	idleKey   uint64   // its key in the idle poller; 0 before it first parks
+	inIdleSet bool     // its socket was added to the set (later parks modify it)
+	why       closeTag // metrics: why it ended
+	cancel    context.CancelFunc
 
 	pending atomic.Int32 // frames queued or being written, against max
 	max     int32        // the send queue plus room for control frames
@@ -62,8 +72,8 @@ type wsConn struct {
 
 // Keepalive, as melody had it: a control ping every pingPeriod; a client
 // that has not answered one within pongWait is cut (the browser answers by
-// itself).
-const (
+// itself). Variables only so that a test can wait less.
+var (
 	pongWait   = 60 * time.Second
 	pingPeriod = pongWait * 9 / 10
 )
@@ -369,7 +379,7 @@ func (c *wsConn) stop() {
 }
 
 // armPing schedules the next control ping. A timer, not a goroutine: an
-// idle connection has nothing running but its reader.
+// idle connection has nothing running.
 func (c *wsConn) armPing() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -379,9 +389,25 @@ func (c *wsConn) armPing() {
 }
 
 func (c *wsConn) keepalive() {
+	if time.Since(time.Unix(0, c.lastPong.Load())) > pongWait {
+		// No pong for pongWait. A reader waiting in gorilla would have hit
+		// its read deadline; a parked one has none running: close, and the
+		// reader started for the closed socket cleans up.
+		_ = c.ws.Close()
+		return
+	}
 	// An error is the read loop's to notice, as with melody's pings.
 	_ = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.t.writeTimeout))
 	c.armPing()
+}
+
+// wake gives a parked connection a reader again: its socket turned
+// readable, or was closed.
+func (c *wsConn) wake() {
+	if c.parked.CompareAndSwap(true, false) {
+		idle.parkedN.Add(-1)
+		go c.t.reading(c)
+	}
 }
 
 // isEvent tells an event's frame from the transport's own frames (which

@@ -75,7 +75,7 @@ const closeGrace = 2 * time.Second
 func (t *wsTransport) closeFromReader(c *wsConn, code int, reason string) {
 	c.why.code(code) // metrics: why it ended
 	conn := c.ws
-	conn.SetPongHandler(nil) // the read loop's would move the deadline on
+	c.readClosing.Store(true) // a pong must not move the deadline on, and the reader must not park
 	_ = conn.SetReadDeadline(time.Now().Add(closeGrace))
 	_ = conn.WriteControl(websocket.CloseMessage, closeMessage(code, reason), time.Now().Add(t.writeTimeout))
 }

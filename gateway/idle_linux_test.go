@@ -1,0 +1,322 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/budget-rt/gateway/notify"
+)
+
+// parkedOf counts s's connections whose reader is parked.
+func parkedOf(s *Server) int {
+	n := 0
+	for _, c := range s.ws.conns.all() {
+		if c.parked.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// waitParked waits, a bounded while, until n of s's connections are
+// parked.
+func waitParked(t *testing.T, s *Server, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for parkedOf(s) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections parked, want %d", parkedOf(s), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// dialIdle opens a WebSocket to srv and reads its connected frame.
+func dialIdle(t *testing.T, url string) *websocket.Conn {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, msg, err := ws.ReadMessage(); err != nil || !strings.Contains(string(msg), `"connected"`) {
+		t.Fatalf("first frame %q (%v), want connected", msg, err)
+	}
+	return ws
+}
+
+// readType reads frames until one of type typ, and fails on anything else
+// but events.
+func readType(t *testing.T, ws *websocket.Conn, typ string) {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", typ, err)
+		}
+		if strings.Contains(string(msg), `"type":"`+typ+`"`) {
+			return
+		}
+	}
+}
+
+// An idle connection has no goroutine: its reader parks between messages
+// and a reader is started again when the socket turns readable. Parked
+// connections still get events; their messages, control pings, messages
+// that arrive together, a fragmented message with a ping inside it, are
+// all read and answered; a client that leaves is cleaned up.
+func TestIdleConnectionsParkTheirReader(t *testing.T) {
+	const n = 40
+	srv := startOursWith(t, func(*Options) {})
+	g0 := runtime.NumGoroutine()
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = dialIdle(t, srv.url)
+	}
+	waitParked(t, srv.ours, n)
+	if g := runtime.NumGoroutine() - g0; g >= n/2 {
+		t.Errorf("%d more goroutines for %d idle connections, want none per connection", g, n)
+	}
+
+	// Events reach parked connections: the fan-out never needed the reader.
+	srv.publish([]notify.Event{benchEvent(1)})
+	for _, ws := range conns {
+		readType(t, ws, "budget_fact_created")
+	}
+
+	// A message wakes the reader, which answers it and parks again.
+	for _, ws := range conns {
+		if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ws := range conns {
+		readType(t, ws, "pong")
+	}
+	waitParked(t, srv.ours, n)
+
+	// A control ping is answered by the gateway, not by gorilla's reader.
+	ws := conns[0]
+	pongs := make(chan string, 4)
+	ws.SetPongHandler(func(data string) error { pongs <- data; return nil })
+	if err := ws.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// The pong is read by ws's reader, which the next message keeps going.
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"check_online"}`)); err != nil {
+		t.Fatal(err)
+	}
+	readType(t, ws, "online_status")
+	select {
+	case p := <-pongs:
+		if p != "are you there" {
+			t.Errorf("pong %q, want the ping's payload", p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no pong for a control ping")
+	}
+
+	// Two messages in one segment: both answered, none left waiting.
+	raw := conns[1].UnderlyingConn()
+	two := append(clientFrame(true, websocket.TextMessage, []byte(`{"type":"ping"}`)),
+		clientFrame(true, websocket.TextMessage, []byte(`{"type":"check_online"}`))...)
+	if _, err := raw.Write(two); err != nil {
+		t.Fatal(err)
+	}
+	readType(t, conns[1], "pong")
+	readType(t, conns[1], "online_status")
+
+	// A message in two fragments with a ping between them, the ping and
+	// the rest written once the first fragment woke the reader, which then
+	// waits for them inside gorilla: answered whole, the ping too.
+	waitParked(t, srv.ours, n)
+	raw = conns[2].UnderlyingConn()
+	pongs2 := make(chan string, 1)
+	conns[2].SetPongHandler(func(data string) error { pongs2 <- data; return nil })
+	if _, err := raw.Write(clientFrame(false, websocket.TextMessage, []byte(`{"type":`))); err != nil {
+		t.Fatal(err)
+	}
+	waitParked(t, srv.ours, n-1)
+	for _, f := range [][]byte{
+		clientFrame(true, websocket.PingMessage, []byte("mid")),
+		clientFrame(true, 0, []byte(`"ping"}`)),
+	} {
+		if _, err := raw.Write(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readType(t, conns[2], "pong")
+	select {
+	case p := <-pongs2:
+		if p != "mid" {
+			t.Errorf("pong %q, want mid", p)
+		}
+	default:
+		t.Error("no pong for the ping inside the fragmented message")
+	}
+
+	// A client that goes away is cleaned up, parked or not.
+	waitParked(t, srv.ours, n)
+	for _, ws := range conns[n/2:] {
+		ws.UnderlyingConn().Close()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for srv.conns() != n/2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server holds %d connections after %d left, want %d", srv.conns(), n-n/2, n/2)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitParked(t, srv.ours, n/2)
+}
+
+// A parked connection closed by the server (shutdown here) is cleaned up
+// and its client gets the close frame.
+func TestParkedConnectionsClosedAtShutdown(t *testing.T) {
+	const n = 20
+	s := New(slog.New(slog.DiscardHandler), nil, nil, Options{Window: 100, SendQueue: 64, WriteTimeout: 10 * time.Second,
+		MaxMessageBytes: 4096, MessageRate: 2, MessageBurst: 20, HeaderTimeout: 10 * time.Second,
+		HandshakeTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 32768})
+	s.Hub().Load(nil, notify.Position{}, true)
+	hs := s.HTTPServer()
+	url := serveBench(t, hs) + "/api/v1/budget/ws"
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = dialIdle(t, url)
+	}
+	waitParked(t, s, n)
+	parked0 := idle.parkedN.Load()
+
+	var wg sync.WaitGroup
+	codes := make(chan int, n)
+	for _, ws := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+			for {
+				if _, _, err := ws.ReadMessage(); err != nil {
+					code := -1
+					if ce, ok := err.(*websocket.CloseError); ok {
+						code = ce.Code
+					}
+					codes <- code
+					return
+				}
+			}
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s.Close(ctx)
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != CloseGoingAway {
+			t.Errorf("close code %d, want %d", code, CloseGoingAway)
+		}
+	}
+	// Each connection was cleaned up: out of the registry, the hub and the
+	// poller's count.
+	deadline := time.Now().Add(20 * time.Second)
+	for len(s.ws.conns.all()) != 0 || s.Hub().Len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections registered, %d in the hub after shutdown", len(s.ws.conns.all()), s.Hub().Len())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := idle.parkedN.Load(); got > parked0-n {
+		t.Errorf("parked count %d after shutdown, want at most %d", got, parked0-n)
+	}
+	_ = hs.Close()
+}
+
+// A client that never answers the gateway's pings is cut after pongWait,
+// also while its connection is parked (no read deadline runs then); one
+// that answers stays.
+func TestParkedConnectionWithoutPongsIsCut(t *testing.T) {
+	was, wasPeriod := pongWait, pingPeriod
+	pongWait, pingPeriod = 400*time.Millisecond, 200*time.Millisecond
+	t.Cleanup(func() { pongWait, pingPeriod = was, wasPeriod })
+	srv := startOursWith(t, func(*Options) {})
+
+	mute := dialIdle(t, srv.url) // reads nothing more, so answers no ping
+	alive := dialIdle(t, srv.url)
+	done := make(chan error, 1)
+	go func() { // reading answers pings (gorilla's default handler)
+		for {
+			_ = alive.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if _, _, err := alive.ReadMessage(); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for srv.conns() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server holds %d connections, want the mute one cut", srv.conns())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The mute one's socket is closed.
+	_ = mute.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := mute.ReadMessage(); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("the mute client's socket is still open")
+			}
+			break
+		}
+	}
+	// The one that answers outlived several pongWaits.
+	time.Sleep(3 * pongWait)
+	select {
+	case err := <-done:
+		t.Fatalf("the answering client was cut: %v", err)
+	default:
+	}
+	if srv.conns() != 1 {
+		t.Fatalf("the server holds %d connections, want the answering one", srv.conns())
+	}
+}
+
+// Control frames the protocol forbids are refused as gorilla refused them
+// (1002), though the gateway now takes valid ones out before gorilla.
+func TestBadControlFramesRefused(t *testing.T) {
+	srv := startOursWith(t, func(*Options) {})
+	for name, f := range map[string][]byte{
+		"unmasked ping":   {0x89, 0x01, 'x'},
+		"ping over 125":   clientFrame(true, websocket.PingMessage, []byte(strings.Repeat("x", 126))),
+		"fragmented ping": clientFrame(false, websocket.PingMessage, []byte("x")),
+	} {
+		t.Run(name, func(t *testing.T) {
+			ws := dialIdle(t, srv.url)
+			if _, err := ws.UnderlyingConn().Write(f); err != nil {
+				t.Fatal(err)
+			}
+			_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+			for {
+				_, _, err := ws.ReadMessage()
+				if err == nil {
+					continue
+				}
+				ce, ok := err.(*websocket.CloseError)
+				if !ok || ce.Code != websocket.CloseProtocolError {
+					t.Fatalf("read ended with %v, want close 1002", err)
+				}
+				return
+			}
+		})
+	}
+}
