@@ -62,7 +62,10 @@ type wsConn struct {
 	spare   []*entry    // the writer's last batch, emptied, reused by q
 	writing bool        // a writer drains q (or the attach still writes directly)
 	closed  bool        // closing or gone: write nothing more
-	ping    *time.Timer // the next control ping
+	ping    *time.Timer // the next control ping, or pong check
+	// nextPing is when the next control ping is due; only the keepalive
+	// timer's runs (one at a time) touch it after the attach.
+	nextPing time.Time
 
 	// cl is client's object, kept here rather than allocated apart: every
 	// delivery reads both, and next to each other they take fewer cache
@@ -378,27 +381,44 @@ func (c *wsConn) stop() {
 	c.cancel()
 }
 
-// armPing schedules the next control ping. A timer, not a goroutine: an
+// armPing schedules the first control ping. A timer, not a goroutine: an
 // idle connection has nothing running.
 func (c *wsConn) armPing() {
+	c.nextPing = time.Now().Add(pingPeriod)
+	c.armKeepalive(pingPeriod)
+}
+
+func (c *wsConn) armKeepalive(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.closed {
-		c.ping = time.AfterFunc(pingPeriod, c.keepalive)
+		c.ping = time.AfterFunc(d, c.keepalive)
 	}
 }
 
+// keepalive sends the control ping when it is due, and cuts a client
+// whose last pong is pongWait old: the read deadline did that alone when
+// every reader waited in gorilla, but a parked connection has none
+// running. It runs at the earlier of the two times, so a client is cut as
+// soon as before.
 func (c *wsConn) keepalive() {
-	if time.Since(time.Unix(0, c.lastPong.Load())) > pongWait {
-		// No pong for pongWait. A reader waiting in gorilla would have hit
-		// its read deadline; a parked one has none running: close, and the
-		// reader started for the closed socket cleans up.
+	now := time.Now()
+	dead := time.Unix(0, c.lastPong.Load()).Add(pongWait)
+	if !now.Before(dead) {
+		// The reader started for the closed socket cleans up.
 		_ = c.ws.Close()
 		return
 	}
-	// An error is the read loop's to notice, as with melody's pings.
-	_ = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.t.writeTimeout))
-	c.armPing()
+	if !now.Before(c.nextPing) {
+		// An error is the read loop's to notice, as with melody's pings.
+		_ = c.ws.WriteControl(websocket.PingMessage, nil, now.Add(c.t.writeTimeout))
+		c.nextPing = now.Add(pingPeriod)
+	}
+	next := c.nextPing
+	if dead.Before(next) {
+		next = dead
+	}
+	c.armKeepalive(next.Sub(now))
 }
 
 // wake gives a parked connection a reader again: its socket turned
