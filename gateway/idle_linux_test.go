@@ -246,7 +246,9 @@ func TestParkedConnectionsClosedAtShutdown(t *testing.T) {
 // that answers stays.
 func TestParkedConnectionWithoutPongsIsCut(t *testing.T) {
 	was, wasPeriod := pongWait, pingPeriod
-	pongWait, pingPeriod = 400*time.Millisecond, 200*time.Millisecond
+	// Short, but with room for a pong under -race on a busy machine: the
+	// answering client has 750 ms for each.
+	pongWait, pingPeriod = time.Second, 250*time.Millisecond
 	t.Cleanup(func() { pongWait, pingPeriod = was, wasPeriod })
 	srv := startOursWith(t, func(*Options) {})
 

@@ -223,7 +223,10 @@ func (t *wsTransport) controlFrame(c *wsConn, op byte, payload []byte) {
 func (t *wsTransport) read(c *wsConn) (parked bool) {
 	ws := c.ws
 	for {
-		if idle.usable() && !c.readClosing.Load() && !c.cut.Load() && !c.sock.between() && idle.park(c) {
+		// Closing is looked at after between, whose pings may have
+		// tripped the message rate (allow): a closing reader waits under
+		// closeGrace, which a parked one would not.
+		if idle.usable() && !c.sock.between() && !c.readClosing.Load() && !c.cut.Load() && idle.park(c) {
 			return true
 		}
 		typ, msg, err := ws.ReadMessage()
