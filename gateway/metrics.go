@@ -180,6 +180,10 @@ func newMetrics(s *Server, src Sources) *metrics {
 		}, func() float64 { return float64(m.connections(s, transport(i))) }))
 	}
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "rtgw_ws_readers_parked",
+		Help: "Idle WebSockets whose reader is parked: no goroutine until the client sends something (Linux).",
+	}, func() float64 { return float64(idle.parkedN.Load()) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rtgw_replay_window_events",
 		Help: "Events held in memory for resumes (at most GATEWAY_REPLAY_EVENTS).",
 	}, func() float64 { return float64(s.hub.windowLen()) }))

@@ -126,7 +126,8 @@ func TestMetricsFollowTheGateway(t *testing.T) {
 		metric("rtgw_connections", 0, "transport", "ws"), metric("rtgw_connections", 0, "transport", "sse"), metric("rtgw_connections", 0, "transport", "poll"),
 		metric("rtgw_events_received_total", 0), metric("rtgw_listen_up", 1), metric("rtgw_ready", 1), metric("rtgw_listen_reconnects_total", 0),
 		metric("rtgw_db_stats_up", 1), metric("rtgw_log_pending_events", 0),
-		metric("rtgw_disconnects_total", 0, "transport", "ws", "reason", "slow"), metric("rtgw_ws_socket_full_total", 0))
+		metric("rtgw_disconnects_total", 0, "transport", "ws", "reason", "slow"), metric("rtgw_ws_socket_full_total", 0),
+		metric("rtgw_ws_readers_parked", 0))
 	if q, ok := s.value("rtgw_pg_notification_queue_usage"); !ok || q < 0 || q > 1 {
 		t.Fatalf("rtgw_pg_notification_queue_usage = %v (present %v), want a fraction", q, ok)
 	}
@@ -149,8 +150,9 @@ func TestMetricsFollowTheGateway(t *testing.T) {
 		}
 		polled <- len(evs)
 	}()
+	// The WebSocket, idle, has its reader parked.
 	waitMetrics(t, url, metric("rtgw_connections", 1, "transport", "ws"), metric("rtgw_connections", 1, "transport", "sse"),
-		metric("rtgw_connections", 1, "transport", "poll"))
+		metric("rtgw_connections", 1, "transport", "poll"), metric("rtgw_ws_readers_parked", 1))
 
 	// Five commits reach both streams and the waiting poll.
 	for i := range 5 {
@@ -243,7 +245,8 @@ func TestMetricsFollowTheGateway(t *testing.T) {
 		metric("rtgw_disconnects_total", 1, "transport", "ws", "reason", "disconnect_route"),
 		metric("rtgw_disconnects_total", 1, "transport", "ws", "reason", "too_big"),
 		metric("rtgw_disconnects_total", 1, "transport", "sse", "reason", "client_gone"),
-		metric("rtgw_connections", 0, "transport", "ws"), metric("rtgw_connections", 0, "transport", "sse"))
+		metric("rtgw_connections", 0, "transport", "ws"), metric("rtgw_connections", 0, "transport", "sse"),
+		metric("rtgw_ws_readers_parked", 0))
 
 	// A client that stops reading is cut as slow (4008) once it falls out
 	// of the window; big rows fill the socket buffers so it does. The hub
