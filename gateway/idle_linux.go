@@ -30,6 +30,7 @@ type idlePoller struct {
 	err   error // the poller could not be made: readers never park
 
 	parkedN atomic.Int64 // connections parked now
+	broken  atomic.Bool  // the set can no longer be waited for (fail)
 }
 
 var idle idlePoller
@@ -76,7 +77,8 @@ func (p *idlePoller) run(f *os.File, rc syscall.RawConn) {
 			return n != 0 || werr != nil
 		})
 		if err != nil || werr != nil {
-			return // cannot happen while the process runs: parked readers would wait forever, so say so
+			p.fail()
+			return
 		}
 		for _, ev := range events[:n] {
 			key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
@@ -90,11 +92,27 @@ func (p *idlePoller) run(f *os.File, rc syscall.RawConn) {
 	}
 }
 
+// fail gives every parked connection its reader back and lets no reader
+// park again: the set can no longer be waited for. It does not happen
+// while the process runs; if it did, parked readers would never wake.
+func (p *idlePoller) fail() {
+	p.broken.Store(true)
+	p.mu.Lock()
+	parked := make([]*wsConn, 0, len(p.conns))
+	for _, c := range p.conns {
+		parked = append(parked, c)
+	}
+	p.mu.Unlock()
+	for _, c := range parked {
+		c.wake()
+	}
+}
+
 // usable starts the poller on first use and reports whether readers may
 // park.
 func (p *idlePoller) usable() bool {
 	idleOnce.Do(p.start)
-	return p.err == nil
+	return p.err == nil && !p.broken.Load()
 }
 
 // park puts c's socket in the set, to be woken when it turns readable. It
@@ -130,6 +148,9 @@ func (p *idlePoller) park(c *wsConn) bool {
 		cerr = unix.EpollCtl(p.ep, op, int(fd), &ev)
 	})
 	if err == nil && cerr == nil {
+		if p.broken.Load() {
+			c.wake() // fail may have missed it: read on
+		}
 		return true
 	}
 	// Not in the set: take the parked mark back, unless a close got it

@@ -54,6 +54,27 @@ func dialIdle(t *testing.T, url string) *websocket.Conn {
 	return ws
 }
 
+// dialIdleID is dialIdle, with the connection_id of the connected frame.
+func dialIdleID(t *testing.T, url string) (*websocket.Conn, string) {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var f struct {
+		Type string `json:"type"`
+		Data struct {
+			ConnectionID string `json:"connection_id"`
+		} `json:"data"`
+	}
+	if err := ws.ReadJSON(&f); err != nil || f.Type != "connected" || f.Data.ConnectionID == "" {
+		t.Fatalf("first frame %+v (%v), want connected with an id", f, err)
+	}
+	return ws, f.Data.ConnectionID
+}
+
 // readType reads frames until one of type typ, and fails on anything else
 // but events.
 func readType(t *testing.T, ws *websocket.Conn, typ string) {
@@ -246,30 +267,41 @@ func TestParkedConnectionsClosedAtShutdown(t *testing.T) {
 // that answers stays.
 func TestParkedConnectionWithoutPongsIsCut(t *testing.T) {
 	was, wasPeriod := pongWait, pingPeriod
-	// Short, but with room for a pong under -race on a busy machine: the
-	// answering client has 750 ms for each.
-	pongWait, pingPeriod = time.Second, 250*time.Millisecond
+	// Short, but with room for a pong under -race on a machine busy with
+	// other test packages: the answering client has 2.5 s for each.
+	pongWait, pingPeriod = 3*time.Second, 500*time.Millisecond
 	t.Cleanup(func() { pongWait, pingPeriod = was, wasPeriod })
 	srv := startOursWith(t, func(*Options) {})
 
-	mute := dialIdle(t, srv.url) // reads nothing more, so answers no ping
-	alive := dialIdle(t, srv.url)
+	mute, muteID := dialIdleID(t, srv.url) // reads nothing more, so answers no ping
+	alive, aliveID := dialIdleID(t, srv.url)
 	done := make(chan error, 1)
 	go func() { // reading answers pings (gorilla's default handler)
 		for {
-			_ = alive.SetReadDeadline(time.Now().Add(20 * time.Second))
+			_ = alive.SetReadDeadline(time.Now().Add(30 * time.Second))
 			if _, _, err := alive.ReadMessage(); err != nil {
 				done <- err
 				return
 			}
 		}
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for srv.conns() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the server holds %d connections, want the mute one cut", srv.conns())
+	held := func(id string) bool {
+		for _, c := range srv.ours.ws.conns.all() {
+			if c.id == id {
+				return true
+			}
+		}
+		return false
+	}
+	started := time.Now()
+	for held(muteID) {
+		if time.Since(started) > 30*time.Second {
+			t.Fatal("the mute client is still held after 30 s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if !held(aliveID) {
+		t.Fatalf("the answering client was cut too (%v after the start)", time.Since(started))
 	}
 	// The mute one's socket is closed.
 	_ = mute.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -281,15 +313,15 @@ func TestParkedConnectionWithoutPongsIsCut(t *testing.T) {
 			break
 		}
 	}
-	// The one that answers outlived several pongWaits.
-	time.Sleep(3 * pongWait)
+	// The one that answers outlives two more pongWaits.
+	time.Sleep(2 * pongWait)
 	select {
 	case err := <-done:
 		t.Fatalf("the answering client was cut: %v", err)
 	default:
 	}
-	if srv.conns() != 1 {
-		t.Fatalf("the server holds %d connections, want the answering one", srv.conns())
+	if !held(aliveID) {
+		t.Fatal("the server let go of the answering client")
 	}
 }
 
