@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -106,6 +107,28 @@ func (p *idlePoller) fail() {
 	for _, c := range parked {
 		c.wake()
 	}
+}
+
+// readable reports whether s has something to read (or has ended, or
+// failed) now, without taking it and without waiting: recv(2) with
+// MSG_PEEK|MSG_DONTWAIT, raw as the fan-out's writes are (writeNoPark).
+func (*idlePoller) readable(s *corkConn) bool {
+	if s.raw == nil {
+		return true // no descriptor to look at: read the blocking way
+	}
+	ready := true
+	err := s.raw.rc.Read(func(fd uintptr) bool {
+		var one [1]byte
+		for {
+			_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&one[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			if errno != syscall.EINTR {
+				ready = errno != syscall.EAGAIN
+				return true // never wait: an idle reader parks instead
+			}
+		}
+	})
+	return ready || err != nil
 }
 
 // usable starts the poller on first use and reports whether readers may

@@ -42,15 +42,7 @@ func waitParked(t *testing.T, s *Server, n int) {
 // dialIdle opens a WebSocket to srv and reads its connected frame.
 func dialIdle(t *testing.T, url string) *websocket.Conn {
 	t.Helper()
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ws.Close() })
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, msg, err := ws.ReadMessage(); err != nil || !strings.Contains(string(msg), `"connected"`) {
-		t.Fatalf("first frame %q (%v), want connected", msg, err)
-	}
+	ws, _ := dialIdleID(t, url)
 	return ws
 }
 

@@ -15,3 +15,5 @@ var idle idlePoller
 func (*idlePoller) usable() bool      { return false }
 func (*idlePoller) park(*wsConn) bool { return false }
 func (*idlePoller) forget(*wsConn)    {}
+
+func (*idlePoller) readable(*corkConn) bool { return true }

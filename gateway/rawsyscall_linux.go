@@ -25,14 +25,3 @@ func writeNoPark(fd uintptr, b []byte) (int, error) {
 	}
 	return int(n), nil
 }
-
-// peekNoPark looks at what the socket holds without taking it or waiting
-// (recv(2) with MSG_PEEK|MSG_DONTWAIT), raw for the same reason.
-func peekNoPark(fd uintptr, b []byte) (int, error) {
-	n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}

@@ -13,5 +13,3 @@ func newRawWriter(syscall.RawConn) *rawWriter { return nil }
 func (*rawWriter) Write([]byte) (int, error) { return 0, nil }
 
 func (*rawWriter) writeLast([]byte) (int, error) { return 0, nil }
-
-func (*rawWriter) readable() bool { return true }

@@ -79,20 +79,3 @@ func (w *rawWriter) Write(b []byte) (int, error) {
 	}
 	return w.n, nil
 }
-
-// readable reports whether the socket has something to read (or has
-// ended, or failed) now, without taking it and without waiting.
-func (w *rawWriter) readable() bool {
-	ready := true
-	err := w.rc.Read(func(fd uintptr) bool {
-		var one [1]byte
-		for {
-			_, err := peekNoPark(fd, one[:])
-			if !errors.Is(err, syscall.EINTR) {
-				ready = !errors.Is(err, syscall.EAGAIN)
-				return true // never wait: an idle reader parks instead
-			}
-		}
-	})
-	return ready || err != nil
-}

@@ -165,7 +165,7 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.ws, c.sock, c.zip = ws, cw.conn, cw.conn.deflate
-	c.sock.rd.ctl = func(op byte, payload []byte) { t.controlFrame(c, op, payload) }
+	c.sock.rd.ctl = func(op byte, payload []byte) { t.answerControl(c, op, payload) }
 	c.sock.onClose = c.wake
 	// The handler returns now, so that net/http lets go of the request and
 	// its per-connection buffers; the connection lives on in its reader.
@@ -196,9 +196,9 @@ func (t *wsTransport) reading(c *wsConn) {
 	}
 }
 
-// controlFrame answers a client's ping and notes its pong: corkConn takes
+// answerControl answers a client's ping and notes its pong: corkConn takes
 // them out of what gorilla reads (wsread.go).
-func (t *wsTransport) controlFrame(c *wsConn, op byte, payload []byte) {
+func (t *wsTransport) answerControl(c *wsConn, op byte, payload []byte) {
 	switch op {
 	case opPong:
 		now := time.Now()

@@ -8,7 +8,7 @@ import (
 // The reading side of corkConn. gorilla reads a client's frames through
 // Read, which hands it data and close frames only, each read ending at the
 // frame's end; ping and pong frames are taken out of the stream here and
-// answered (see wsTransport.controlFrame). gorilla processes control frames
+// answered (see wsTransport.answerControl). gorilla processes control frames
 // only while it waits for a data message, and a read error there is
 // final: a connection whose client sends nothing but pongs would keep a
 // reader blocked inside gorilla, with the deep stack that takes. With them
@@ -126,8 +126,8 @@ func (c *corkConn) between() bool {
 		if r.headLen > r.headOff || r.err != nil {
 			return true
 		}
-		if c.raw == nil || !c.raw.readable() {
-			return c.raw == nil
+		if !idle.readable(c) {
+			return false
 		}
 		if err := c.nextFrame(); err != nil {
 			r.err = err
