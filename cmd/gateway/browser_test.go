@@ -489,9 +489,20 @@ func startBrowser(t *testing.T) context.Context {
 }
 
 func launchBrowser(profile string) (context.Context, func(), error) {
+	// Chromium keeps its singleton socket in a directory of its own under
+	// TMPDIR, removed only when it exits gracefully; a test stops it with a
+	// kill, which left one directory in /tmp per browser. Its TMPDIR is a
+	// directory of ours, removed with the browser. Not the profile: the
+	// socket's path must stay under the 108 bytes of a Unix socket address,
+	// and a test's temporary directory is named after the test.
+	tmp, err := os.MkdirTemp("", "chromium-")
+	if err != nil {
+		return nil, func() {}, fmt.Errorf("make Chromium's TMPDIR: %w", err)
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath),
 		chromedp.UserDataDir(profile),
+		chromedp.Env("TMPDIR="+tmp),
 		chromedp.Headless,
 		chromedp.NoSandbox,
 		chromedp.DisableGPU,
@@ -511,7 +522,8 @@ func launchBrowser(profile string) (context.Context, func(), error) {
 	ctx, cancel := chromedp.NewContext(allocCtx)
 	stop := func() {
 		cancel()
-		cancelAlloc()
+		cancelAlloc() // returns once the browser has exited
+		os.RemoveAll(tmp)
 	}
 	if err := chromedp.Do(ctx); err != nil {
 		return nil, stop, err
