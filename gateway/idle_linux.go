@@ -28,7 +28,8 @@ type idlePoller struct {
 	conns map[uint64]*wsConn // parked and parkable connections, by their key
 	next  uint64
 	ep    int
-	err   error // the poller could not be made: readers never park
+	file  *os.File // ep, waited for through the network poller; kept open for good
+	err   error    // the poller could not be made: readers never park
 
 	parkedN atomic.Int64 // connections parked now
 	broken  atomic.Bool  // the set can no longer be waited for (fail)
@@ -59,13 +60,16 @@ func (p *idlePoller) start() {
 		return
 	}
 	p.ep = ep
+	p.file = f
 	p.conns = make(map[uint64]*wsConn)
-	go p.run(f, rc)
+	go p.run(rc)
 }
 
-// run hands each socket that turned readable back to a reader.
-func (p *idlePoller) run(f *os.File, rc syscall.RawConn) {
-	defer f.Close()
+// run hands each socket that turned readable back to a reader. Should the
+// set fail it returns, leaving the set open: a park racing with the
+// failure may still call epoll_ctl on p.ep, which must not by then be the
+// number of some other descriptor.
+func (p *idlePoller) run(rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 128)
 	for {
 		var n int

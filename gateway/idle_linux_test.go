@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -344,5 +346,78 @@ func TestBadControlFramesRefused(t *testing.T) {
 				return
 			}
 		})
+	}
+}
+
+// idleFailEnv runs TestIdlePollerFailure's body: it breaks the process's
+// idle poller for good, so it runs in a process of its own.
+const idleFailEnv = "RTGW_TEST_IDLE_FAIL"
+
+// Should the idle poller's epoll set ever fail to be waited for, every
+// parked connection gets its reader back (its messages are answered again)
+// and no reader parks after that, old or new connection.
+func TestIdlePollerFailure(t *testing.T) {
+	if os.Getenv(idleFailEnv) == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestIdlePollerFailure$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), idleFailEnv+"=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestIdlePollerFailure") {
+			t.Fatalf("the test's own process (%v):\n%s", err, out)
+		}
+		return
+	}
+
+	const n = 10
+	srv := startOursWith(t, func(*Options) {})
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = dialIdle(t, srv.url)
+	}
+	waitParked(t, srv.ours, n)
+	g0 := runtime.NumGoroutine()
+
+	// Closing the set makes the poller's wait fail, as a failure of its own
+	// would.
+	if err := idle.file.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitParked(t, srv.ours, 0)
+	if idle.usable() {
+		t.Fatal("the poller still takes readers after its set failed")
+	}
+
+	// Each connection's reader is back: messages are answered, and the
+	// readers wait in their sockets instead of parking.
+	conns = append(conns, dialIdle(t, srv.url)) // connected after the failure
+	srv.publish([]notify.Event{benchEvent(1)})
+	for _, ws := range conns {
+		readType(t, ws, "budget_fact_created")
+		if err := ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping"}`)); err != nil {
+			t.Fatal(err)
+		}
+		readType(t, ws, "pong")
+	}
+	// A reader each, less the poller's goroutine, which ended.
+	want := len(conns) - 1
+	deadline := time.Now().Add(20 * time.Second)
+	for runtime.NumGoroutine()-g0 < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d more goroutines, want %d: a reader for each of %d connections, the poller's gone", runtime.NumGoroutine()-g0, want, len(conns))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if p, pn := parkedOf(srv.ours), idle.parkedN.Load(); p != 0 || pn != 0 {
+		t.Fatalf("%d connections parked (count %d) after the poller failed, want none", p, pn)
+	}
+
+	// A client that leaves is still cleaned up by its reader.
+	conns[0].Close()
+	for srv.conns() != len(conns)-1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d clients in the hub, want %d", srv.conns(), len(conns)-1)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
