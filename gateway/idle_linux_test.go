@@ -180,12 +180,37 @@ func TestIdleConnectionsParkTheirReader(t *testing.T) {
 		t.Error("no pong for the ping inside the fragmented message")
 	}
 
-	// A client that goes away is cleaned up, parked or not.
+	// A pong alone, as every client sends one for each keepalive ping,
+	// wakes the reader, which notes it and parks again: no message follows
+	// to carry it out of its wait.
 	waitParked(t, srv.ours, n)
+	var sc *wsConn
+	for _, c := range srv.ours.ws.conns.all() {
+		if c.sock.RemoteAddr().String() == conns[3].LocalAddr().String() {
+			sc = c
+		}
+	}
+	if sc == nil {
+		t.Fatal("no server connection for the client")
+	}
+	before := sc.lastPong.Load()
+	if err := conns[3].WriteControl(websocket.PongMessage, []byte("alive"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for sc.lastPong.Load() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the pong was not read")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitParked(t, srv.ours, n)
+
+	// A client that goes away is cleaned up, parked or not.
 	for _, ws := range conns[n/2:] {
 		ws.UnderlyingConn().Close()
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline = time.Now().Add(20 * time.Second)
 	for srv.conns() != n/2 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the server holds %d connections after %d left, want %d", srv.conns(), n-n/2, n/2)

@@ -64,54 +64,57 @@ func (c *corkConn) Read(p []byte) (int, error) {
 	}
 }
 
-// nextFrame reads frame headers, waiting for them as a read does, until
-// one that gorilla must see: ping and pong frames on the way are read
-// whole and handed to ctl. A control frame gorilla would refuse (too long,
-// fragmented, unmasked, reserved bits) is handed over, so that it refuses
-// it as before.
+// nextFrame reads the next frame's header, waiting for it as a read does.
+// A frame gorilla must see is left for Read to hand over; a ping or pong
+// is read whole and handed to ctl, and nextFrame returns with nothing for
+// gorilla: its caller decides whether to wait for more (Read) or to look
+// first (between, which parks an idle reader; had nextFrame waited here
+// for the frame after a pong, the reader of a client that sends nothing
+// but its keepalive pongs would never park again). A control frame gorilla
+// would refuse (too long, fragmented, unmasked, reserved bits) is handed
+// over, so that it refuses it as before.
 func (c *corkConn) nextFrame() error {
 	r := &c.rd
-	for {
-		var h [maxFrameHeader]byte
-		if _, err := io.ReadFull(c.Conn, h[:2]); err != nil {
-			return err
-		}
-		n := 2 + 4*int(h[1]>>7)
-		switch h[1] & 0x7f {
-		case 126:
-			n += 2
-		case 127:
-			n += 8
-		}
-		if _, err := io.ReadFull(c.Conn, h[2:n]); err != nil {
-			return err
-		}
-		var plen uint64
-		switch h[1] & 0x7f {
-		case 126:
-			plen = uint64(binary.BigEndian.Uint16(h[2:]))
-		case 127:
-			plen = binary.BigEndian.Uint64(h[2:])
-		default:
-			plen = uint64(h[1] & 0x7f)
-		}
-		op := h[0] & 0x0f
-		ours := (op == opPing || op == opPong) && h[0]&0xf0 == 0x80 && h[1]&0x80 != 0 && plen <= 125
-		if !ours {
-			r.head, r.headLen, r.headOff, r.left = h, uint8(n), 0, plen
-			return nil
-		}
-		var payload [125]byte
-		b := payload[:plen]
-		if _, err := io.ReadFull(c.Conn, b); err != nil {
-			return err
-		}
-		key := h[n-4 : n]
-		for i := range b {
-			b[i] ^= key[i&3]
-		}
-		r.ctl(op, b)
+	var h [maxFrameHeader]byte
+	if _, err := io.ReadFull(c.Conn, h[:2]); err != nil {
+		return err
 	}
+	n := 2 + 4*int(h[1]>>7)
+	switch h[1] & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if _, err := io.ReadFull(c.Conn, h[2:n]); err != nil {
+		return err
+	}
+	var plen uint64
+	switch h[1] & 0x7f {
+	case 126:
+		plen = uint64(binary.BigEndian.Uint16(h[2:]))
+	case 127:
+		plen = binary.BigEndian.Uint64(h[2:])
+	default:
+		plen = uint64(h[1] & 0x7f)
+	}
+	op := h[0] & 0x0f
+	ours := (op == opPing || op == opPong) && h[0]&0xf0 == 0x80 && h[1]&0x80 != 0 && plen <= 125
+	if !ours {
+		r.head, r.headLen, r.headOff, r.left = h, uint8(n), 0, plen
+		return nil
+	}
+	var payload [125]byte
+	b := payload[:plen]
+	if _, err := io.ReadFull(c.Conn, b); err != nil {
+		return err
+	}
+	key := h[n-4 : n]
+	for i := range b {
+		b[i] ^= key[i&3]
+	}
+	r.ctl(op, b)
+	return nil
 }
 
 // between reports whether a message waits to be read, taking the ping and
