@@ -1,0 +1,78 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// The app-level ping round is spread over its interval: each connection is
+// pinged once an interval, and not all of them at the same moment (a round
+// to thousands of sockets at once would hold up the events behind it).
+func TestPingsSpreadOverTheInterval(t *testing.T) {
+	const n = 200
+	const every = time.Second
+	srv := startOursWith(t, func(*Options) {})
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
+		conns[i] = dialIdle(t, srv.url)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.ours.ws.pinger(ctx, every); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	// Each client's first two pings, by the time the server put in them.
+	got := make([][2]time.Time, n)
+	var wg sync.WaitGroup
+	for i, ws := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+			for k := 0; k < 2; {
+				_, msg, err := ws.ReadMessage()
+				if err != nil {
+					t.Errorf("client %d, ping %d: %v", i, k, err)
+					return
+				}
+				var f struct {
+					Type string `json:"type"`
+					Data struct {
+						Timestamp string `json:"timestamp"`
+					} `json:"data"`
+				}
+				if err := json.Unmarshal(msg, &f); err != nil || f.Type != "ping" {
+					continue
+				}
+				ts, err := time.Parse(time.RFC3339Nano, f.Data.Timestamp)
+				if err != nil {
+					t.Errorf("ping timestamp %q: %v", f.Data.Timestamp, err)
+					return
+				}
+				got[i][k] = ts
+				k++
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	first := map[time.Time]int{}
+	for _, g := range got {
+		first[g[0]]++
+	}
+	if len(first) < pingSlices(every)/2 {
+		t.Errorf("the first round's %d pings went out at %d moments, want them spread over about %d", n, len(first), pingSlices(every))
+	}
+	for i, g := range got {
+		if d := g[1].Sub(g[0]); d < every/2 {
+			t.Errorf("client %d pinged twice within %s, want once an interval (%s)", i, d, every)
+		}
+	}
+}
