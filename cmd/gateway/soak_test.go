@@ -21,6 +21,9 @@ import (
 // the test fails if, after the first minute's warm-up, the heap grows by
 // more than half or the goroutines by more than 5 %. Gateway and clients
 // share the process; both are constant in number, so growth is a leak.
+// On Linux it also fails if fewer than 90 % of the WebSockets have their
+// reader parked: the clients send nothing but the keepalive pongs, and a
+// reader that stays after one is a goroutine per connection come back.
 func TestSoak(t *testing.T) {
 	spec := os.Getenv("GATEWAY_SOAK")
 	if spec == "" {
@@ -97,8 +100,12 @@ func TestSoak(t *testing.T) {
 	defer tick.Stop()
 	for now := range tick.C {
 		heap, gr := sample()
-		t.Logf("%s: %d connections, heap in use %.1f MiB, %d goroutines, %d deliveries",
-			now.Format(time.TimeOnly), conns, float64(heap)/(1<<20), gr, delivered.Load())
+		parked, _ := scrapeMetrics(t, g.base+"/metrics").value("rtgw_ws_readers_parked")
+		t.Logf("%s: %d connections, heap in use %.1f MiB, %d goroutines, %d deliveries, %.0f readers parked",
+			now.Format(time.TimeOnly), conns, float64(heap)/(1<<20), gr, delivered.Load(), parked)
+		if runtime.GOOS == "linux" && parked < float64(conns)*0.9 {
+			t.Errorf("%.0f of %d idle WebSockets have their reader parked, want at least 90%%", parked, conns)
+		}
 		if baseHeap == 0 && now.After(warm) {
 			baseHeap, baseGR = heap, gr
 		}
