@@ -55,7 +55,7 @@ func (r *report) print(w io.Writer) {
 		p("gateway      RSS %d KiB with half the clients: %.1f KiB for each of the second half", r.RSSHalf, r.KiBPerConnAdded)
 	}
 	if r.GatewayCPU > 0 {
-		p("gateway CPU  %.2fs: %.2f µs per delivery", r.GatewayCPU, r.GatewayCPUPerDel)
+		p("gateway CPU  %.2fs: %.2f µs per delivery, %.2f of them in the kernel", r.GatewayCPU, r.GatewayCPUPerDel, r.GatewaySysPerDel)
 	}
 	reader := ""
 	if r.ToolReader != "" {

@@ -20,6 +20,7 @@ const userHZ = 100
 // procSample is a process's CPU time and resident memory at one moment.
 type procSample struct {
 	cpu   time.Duration // user + system
+	sys   time.Duration // system: the kernel's work on the process's behalf
 	rss   int64         // KiB
 	start uint64        // start time in ticks: tells a restarted process apart
 }
@@ -42,7 +43,7 @@ func sampleProc(pid int) (procSample, error) {
 	utime, _ := strconv.ParseUint(f[11], 10, 64) // field 14
 	stime, _ := strconv.ParseUint(f[12], 10, 64) // field 15
 	start, _ := strconv.ParseUint(f[19], 10, 64) // field 22
-	s := procSample{cpu: time.Duration(utime+stime) * time.Second / userHZ, start: start}
+	s := procSample{cpu: time.Duration(utime+stime) * time.Second / userHZ, sys: time.Duration(stime) * time.Second / userHZ, start: start}
 
 	status, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -51,9 +51,14 @@ type report struct {
 	Storm        *storm `json:"storm,omitempty"`
 	RestartError string `json:"restart_error,omitempty"` // -restart-cmd failed
 
-	GatewayPID       int         `json:"gateway_pid,omitempty"`
-	GatewayCPU       float64     `json:"gateway_cpu_s"`
-	GatewayCPUPerDel float64     `json:"gateway_cpu_us_per_delivery"`
+	GatewayPID       int     `json:"gateway_pid,omitempty"`
+	GatewayCPU       float64 `json:"gateway_cpu_s"`
+	GatewayCPUPerDel float64 `json:"gateway_cpu_us_per_delivery"`
+	// The system part of GatewayCPU: on a gateway whose sends are most of
+	// its work, the kernel's, and what grows when the sockets' kernel state
+	// no longer fits the caches.
+	GatewaySys       float64     `json:"gateway_sys_s"`
+	GatewaySysPerDel float64     `json:"gateway_sys_us_per_delivery"`
 	RSSBefore        int64       `json:"gateway_rss_kib_before"`
 	RSSConnected     int64       `json:"gateway_rss_kib_connected"`
 	RSSEnd           int64       `json:"gateway_rss_kib_end"`
@@ -217,8 +222,10 @@ func newReport(o options, ph phases, w *writer, committed []bool, rows int64, cs
 			break
 		}
 		r.GatewayCPU = (ph.end.cpu - ph.writeStart.cpu).Seconds()
+		r.GatewaySys = (ph.end.sys - ph.writeStart.sys).Seconds()
 		if r.Delivered > 0 {
 			r.GatewayCPUPerDel = r.GatewayCPU * 1e6 / float64(r.Delivered)
+			r.GatewaySysPerDel = r.GatewaySys * 1e6 / float64(r.Delivered)
 		}
 	}
 	return r

@@ -82,6 +82,10 @@ func TestLoadToolCountsEveryDelivery(t *testing.T) {
 	if r.GatewayCPU > 0 && r.GatewayCPUPerDel != r.GatewayCPU*1e6/float64(r.Delivered) {
 		t.Errorf("gateway µs per delivery %v, want %v s / %d", r.GatewayCPUPerDel, r.GatewayCPU, r.Delivered)
 	}
+	if r.GatewaySys < 0 || r.GatewaySys > r.GatewayCPU || r.GatewaySysPerDel != r.GatewaySys*1e6/float64(r.Delivered) {
+		t.Errorf("gateway kernel time %v s (%v µs per delivery), want within its CPU time %v s, per delivery over %d",
+			r.GatewaySys, r.GatewaySysPerDel, r.GatewayCPU, r.Delivered)
+	}
 }
 
 // faulty makes one client misbehave against the real gateway: its
