@@ -76,3 +76,54 @@ func TestPingsSpreadOverTheInterval(t *testing.T) {
 		}
 	}
 }
+
+// Connections that come together are not pinged together: the first
+// control ping comes at a random point of the second half of the period,
+// so a reconnect storm's connections do not stay in step.
+func TestControlPingsOfAStormSpread(t *testing.T) {
+	const n = 40
+	was, wasPeriod := pongWait, pingPeriod
+	pongWait, pingPeriod = 10*time.Second, time.Second
+	t.Cleanup(func() { pongWait, pingPeriod = was, wasPeriod })
+	srv := startOursWith(t, func(*Options) {})
+
+	firsts := make(chan time.Duration, n)
+	var wg sync.WaitGroup
+	for range n {
+		ws := dialIdle(t, srv.url)
+		connected := time.Now()
+		var once sync.Once
+		ws.SetPingHandler(func(data string) error {
+			once.Do(func() { firsts <- time.Since(connected) })
+			return ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		})
+		wg.Add(1)
+		go func() { // reading runs the ping handler
+			defer wg.Done()
+			_ = ws.SetReadDeadline(time.Now().Add(3 * pingPeriod))
+			for {
+				if _, _, err := ws.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	lo, hi := time.Duration(1<<62), time.Duration(0)
+	for range n {
+		select {
+		case d := <-firsts:
+			// Measured from the client's side, which may see the connected
+			// frame well after the server armed the timer: a loose bound.
+			if d < pingPeriod/4 {
+				t.Errorf("first ping %s after connecting, want about half a period (%s) or more", d, pingPeriod/2)
+			}
+			lo, hi = min(lo, d), max(hi, d)
+		case <-time.After(3 * pingPeriod):
+			t.Fatal("a client got no ping")
+		}
+	}
+	if hi-lo < pingPeriod/4 {
+		t.Errorf("the first pings of %d connections made together came within %s of each other, want them spread over half a period (%s)", n, hi-lo, pingPeriod/2)
+	}
+	wg.Wait()
+}

@@ -181,7 +181,7 @@ func (t *wsTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (t *wsTransport) serve(ctx context.Context, c *wsConn) {
 	c.ws.SetReadLimit(t.maxMessage) // over it, gorilla sends 1009 and the read fails
 	t.connect(ctx, c)
-	c.lastPong.Store(time.Now().UnixNano()) // the first ping is pingPeriod away
+	c.lastPong.Store(time.Now().UnixNano()) // the first ping is half a pingPeriod away or more
 	_ = c.ws.SetReadDeadline(time.Now().Add(pongWait))
 	c.armPing()
 	t.reading(c)

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -382,10 +383,15 @@ func (c *wsConn) stop() {
 }
 
 // armPing schedules the first control ping. A timer, not a goroutine: an
-// idle connection has nothing running.
+// idle connection has nothing running. The first ping comes at a random
+// point of the period's second half: connections that came together (the
+// reconnect storm after a restart) would otherwise be pinged together for
+// as long as they last, every period a burst of sends and of pongs that
+// wake readers, which the events of that moment wait behind.
 func (c *wsConn) armPing() {
-	c.nextPing = time.Now().Add(pingPeriod)
-	c.armKeepalive(pingPeriod)
+	first := pingPeriod/2 + rand.N(pingPeriod/2+1)
+	c.nextPing = time.Now().Add(first)
+	c.armKeepalive(first)
 }
 
 func (c *wsConn) armKeepalive(d time.Duration) {
