@@ -14,6 +14,7 @@
 # gateway, so its memory per connection is its own. Every run's report is kept
 # in OUT (default: a new temporary directory) and its summary lines printed.
 # A run that loses or repeats a row fails, and so does the sitting.
+# TOOL_FLAGS adds rtload flags to every run (TOOL_FLAGS=-read-io-uring, say).
 # TOOL_NICE runs rtload at that nice level (default 0, the gateway's own):
 # at 19 the tool's readers take the CPU only when the gateway leaves it,
 # standing in for clients on other machines.
@@ -187,7 +188,7 @@ run() { # name, rtload flags...
 	status=0
 	pid_flag="" # rtload finds a gateway on loopback by its port, and the storm's next one too
 	[ "$split" != 1 ] || pid_flag="-pid $gw"
-	tool "$work/rtload" -url "http://$gw_host:18190" -metrics-url "http://$gw_host:18191/metrics" $pid_flag -db "$db" "$@" \
+	tool "$work/rtload" -url "http://$gw_host:18190" -metrics-url "http://$gw_host:18191/metrics" $pid_flag -db "$db" ${TOOL_FLAGS:-} "$@" \
 		>"$out/$name.txt" 2>"$out/$name.err" || status=$?
 	# The storm's restart left another process than the one started here.
 	gw=$(cat "$work/gateway.pid")
