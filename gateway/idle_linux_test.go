@@ -41,34 +41,6 @@ func waitParked(t *testing.T, s *Server, n int) {
 	}
 }
 
-// dialIdle opens a WebSocket to srv and reads its connected frame.
-func dialIdle(t *testing.T, url string) *websocket.Conn {
-	t.Helper()
-	ws, _ := dialIdleID(t, url)
-	return ws
-}
-
-// dialIdleID is dialIdle, with the connection_id of the connected frame.
-func dialIdleID(t *testing.T, url string) (*websocket.Conn, string) {
-	t.Helper()
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ws.Close() })
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	var f struct {
-		Type string `json:"type"`
-		Data struct {
-			ConnectionID string `json:"connection_id"`
-		} `json:"data"`
-	}
-	if err := ws.ReadJSON(&f); err != nil || f.Type != "connected" || f.Data.ConnectionID == "" {
-		t.Fatalf("first frame %+v (%v), want connected with an id", f, err)
-	}
-	return ws, f.Data.ConnectionID
-}
-
 // readType reads frames until one of type typ, and fails on anything else
 // but events.
 func readType(t *testing.T, ws *websocket.Conn, typ string) {

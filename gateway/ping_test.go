@@ -10,6 +10,34 @@ import (
 	"github.com/gorilla/websocket"
 )
 
+// dialIdle opens a WebSocket to srv and reads its connected frame.
+func dialIdle(t *testing.T, url string) *websocket.Conn {
+	t.Helper()
+	ws, _ := dialIdleID(t, url)
+	return ws
+}
+
+// dialIdleID is dialIdle, with the connection_id of the connected frame.
+func dialIdleID(t *testing.T, url string) (*websocket.Conn, string) {
+	t.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var f struct {
+		Type string `json:"type"`
+		Data struct {
+			ConnectionID string `json:"connection_id"`
+		} `json:"data"`
+	}
+	if err := ws.ReadJSON(&f); err != nil || f.Type != "connected" || f.Data.ConnectionID == "" {
+		t.Fatalf("first frame %+v (%v), want connected with an id", f, err)
+	}
+	return ws, f.Data.ConnectionID
+}
+
 // The app-level ping round is spread over its interval: each connection is
 // pinged once an interval, and not all of them at the same moment (a round
 // to thousands of sockets at once would hold up the events behind it).
