@@ -20,7 +20,15 @@ type registry struct {
 	reserved int                // admitted, attached or not
 	perUser  map[int64]int      // admitted per user
 	byID     map[string]*wsConn // attached
+	// slots deals the attached connections, in turn, into the pinger's
+	// groups: each group is pinged at its own moment of the interval.
+	slots    [pingSlots]map[*wsConn]struct{}
+	nextSlot uint8
 }
+
+// pingSlots is how many groups the app-level ping round is dealt into
+// (see wsTransport.pinger).
+const pingSlots = 100
 
 func newRegistry(maxPerUser, maxTotal int) *registry {
 	return &registry{maxPerUser: maxPerUser, maxTotal: maxTotal, perUser: map[int64]int{}, byID: map[string]*wsConn{}}
@@ -49,7 +57,30 @@ func (r *registry) reserve(c *wsConn) error {
 func (r *registry) attach(c *wsConn) {
 	r.mu.Lock()
 	r.byID[c.id] = c
+	c.pingSlot = r.nextSlot
+	r.nextSlot = (r.nextSlot + 1) % pingSlots
+	if r.slots[c.pingSlot] == nil {
+		r.slots[c.pingSlot] = map[*wsConn]struct{}{}
+	}
+	r.slots[c.pingSlot][c] = struct{}{}
 	r.mu.Unlock()
+}
+
+// slotted returns the attached connections of slots [lo, hi).
+func (r *registry) slotted(lo, hi int) []*wsConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.slots[lo:hi] {
+		n += len(s)
+	}
+	out := make([]*wsConn, 0, n)
+	for _, s := range r.slots[lo:hi] {
+		for c := range s {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func (r *registry) release(c *wsConn) {
@@ -57,6 +88,7 @@ func (r *registry) release(c *wsConn) {
 	defer r.mu.Unlock()
 	if _, ok := r.byID[c.id]; ok {
 		delete(r.byID, c.id)
+		delete(r.slots[c.pingSlot], c)
 	}
 	r.reserved--
 	if r.perUser[c.user.ID]--; r.perUser[c.user.ID] <= 0 {

@@ -103,6 +103,44 @@ func TestPingsSpreadOverTheInterval(t *testing.T) {
 			t.Errorf("client %d pinged twice within %s, want once an interval (%s)", i, d, every)
 		}
 	}
+
+	// A connection made in the middle of a round is pinged within about an
+	// interval, not after the round and its own turn in the next.
+	for i := range 20 {
+		ws := dialIdle(t, srv.url)
+		connected := time.Now()
+		ts := firstPing(t, ws)
+		if d := ts.Sub(connected); d > every+every/2 {
+			t.Errorf("new client %d: first ping %s after connecting, want about an interval (%s) at most", i, d, every)
+		}
+	}
+}
+
+// firstPing reads ws until an app-level ping and returns the time the
+// server put in it.
+func firstPing(t *testing.T, ws *websocket.Conn) time.Time {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		_, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("waiting for a ping: %v", err)
+		}
+		var f struct {
+			Type string `json:"type"`
+			Data struct {
+				Timestamp string `json:"timestamp"`
+			} `json:"data"`
+		}
+		if json.Unmarshal(msg, &f) != nil || f.Type != "ping" {
+			continue
+		}
+		ts, err := time.Parse(time.RFC3339Nano, f.Data.Timestamp)
+		if err != nil {
+			t.Fatalf("ping timestamp %q: %v", f.Data.Timestamp, err)
+		}
+		return ts
+	}
 }
 
 // Connections that come together are not pinged together: the first

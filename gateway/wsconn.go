@@ -51,6 +51,7 @@ type wsConn struct {
 	// poller's set (idle_linux.go). Whoever clears it starts the reader.
 	parked    atomic.Bool
 	idleKey   uint64   // its key in the idle poller; 0 before it first parks
+	pingSlot  uint8    // its group for the app-level ping (registry.slots)
 	inIdleSet bool     // its socket was added to the set (later parks modify it)
 	why       closeTag // metrics: why it ended
 	cancel    context.CancelFunc

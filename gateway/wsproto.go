@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -178,28 +177,23 @@ func (m clientMsg) answer(subs []*Subscription, id string, err error, now time.T
 // pinger sends every connection {"type":"ping"} each interval, as the app's
 // server does: its client marks a link stale after 45 s without a message.
 //
-// The round is spread over the interval in pingSlices ticks, each pinging
-// its share of the connections (in the order of their ids, so that each
-// keeps its place and is pinged once an interval). All at once, one round
-// to 10,000 sockets is 10,000 sends, 50 ms or more of a core, and the
-// events committed meanwhile wait behind it (at 10 events a second, about
-// one in a hundred; at 100,000 sockets, a round would be half a second).
-// The frame is built once per tick and shared.
+// The round is spread over the interval: the registry deals connections
+// into pingSlots groups as they attach, and each tick pings its share of
+// the groups, so each connection is pinged once an interval, at its own
+// moment, a new one within an interval of attaching. All at once, one
+// round to 10,000 sockets is 10,000 sends, 50 ms or more of a core, which
+// the events committed meanwhile wait behind (at 100,000 sockets, half a
+// second). The frame is built once per tick and shared.
 func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
 	n := pingSlices(every)
 	tick := time.NewTicker(every / time.Duration(n))
 	defer tick.Stop()
-	var round []*wsConn
 	for slice := 0; ; slice = (slice + 1) % n {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			if slice == 0 {
-				round = t.conns.all()
-				slices.SortFunc(round, func(a, b *wsConn) int { return strings.Compare(a.id, b.id) })
-			}
-			part := round[slice*len(round)/n : (slice+1)*len(round)/n]
+			part := t.conns.slotted(slice*pingSlots/n, (slice+1)*pingSlots/n)
 			if len(part) == 0 {
 				continue
 			}
@@ -207,15 +201,14 @@ func (t *wsTransport) pinger(ctx context.Context, every time.Duration) {
 			for _, c := range part {
 				t.control(c, frame)
 			}
-			clear(part) // the round keeps no connection longer than it needs
 		}
 	}
 }
 
-// pingSlices is how many ticks a ping round is spread over: 100, or fewer
-// for short intervals, so that ticks stay at least 10 ms apart.
+// pingSlices is how many ticks a ping round is spread over: pingSlots, or
+// fewer for short intervals, so that ticks stay at least 10 ms apart.
 func pingSlices(every time.Duration) int {
-	return int(max(1, min(100, every/(10*time.Millisecond))))
+	return int(max(1, min(pingSlots, every/(10*time.Millisecond))))
 }
 
 // resubscribe applies m in the hub and queues the answer.
