@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -61,29 +62,13 @@ func TestPingsSpreadOverTheInterval(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
-			for k := 0; k < 2; {
-				_, msg, err := ws.ReadMessage()
+			for k := range 2 {
+				ts, err := readPing(ws)
 				if err != nil {
 					t.Errorf("client %d, ping %d: %v", i, k, err)
 					return
 				}
-				var f struct {
-					Type string `json:"type"`
-					Data struct {
-						Timestamp string `json:"timestamp"`
-					} `json:"data"`
-				}
-				if err := json.Unmarshal(msg, &f); err != nil || f.Type != "ping" {
-					continue
-				}
-				ts, err := time.Parse(time.RFC3339Nano, f.Data.Timestamp)
-				if err != nil {
-					t.Errorf("ping timestamp %q: %v", f.Data.Timestamp, err)
-					return
-				}
 				got[i][k] = ts
-				k++
 			}
 		}()
 	}
@@ -109,22 +94,24 @@ func TestPingsSpreadOverTheInterval(t *testing.T) {
 	for i := range 20 {
 		ws := dialIdle(t, srv.url)
 		connected := time.Now()
-		ts := firstPing(t, ws)
+		ts, err := readPing(ws)
+		if err != nil {
+			t.Fatalf("new client %d: %v", i, err)
+		}
 		if d := ts.Sub(connected); d > every+every/2 {
 			t.Errorf("new client %d: first ping %s after connecting, want about an interval (%s) at most", i, d, every)
 		}
 	}
 }
 
-// firstPing reads ws until an app-level ping and returns the time the
+// readPing reads ws until an app-level ping and returns the time the
 // server put in it.
-func firstPing(t *testing.T, ws *websocket.Conn) time.Time {
-	t.Helper()
+func readPing(ws *websocket.Conn) (time.Time, error) {
 	_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
 	for {
 		_, msg, err := ws.ReadMessage()
 		if err != nil {
-			t.Fatalf("waiting for a ping: %v", err)
+			return time.Time{}, fmt.Errorf("wait for a ping: %w", err)
 		}
 		var f struct {
 			Type string `json:"type"`
@@ -137,9 +124,9 @@ func firstPing(t *testing.T, ws *websocket.Conn) time.Time {
 		}
 		ts, err := time.Parse(time.RFC3339Nano, f.Data.Timestamp)
 		if err != nil {
-			t.Fatalf("ping timestamp %q: %v", f.Data.Timestamp, err)
+			return time.Time{}, fmt.Errorf("ping timestamp %q: %w", f.Data.Timestamp, err)
 		}
-		return ts
+		return ts, nil
 	}
 }
 
@@ -155,8 +142,10 @@ func TestControlPingsOfAStormSpread(t *testing.T) {
 
 	firsts := make(chan time.Duration, n)
 	var wg sync.WaitGroup
-	for range n {
+	conns := make([]*websocket.Conn, n)
+	for i := range conns {
 		ws := dialIdle(t, srv.url)
+		conns[i] = ws
 		connected := time.Now()
 		var once sync.Once
 		ws.SetPingHandler(func(data string) error {
@@ -166,7 +155,7 @@ func TestControlPingsOfAStormSpread(t *testing.T) {
 		wg.Add(1)
 		go func() { // reading runs the ping handler
 			defer wg.Done()
-			_ = ws.SetReadDeadline(time.Now().Add(3 * pingPeriod))
+			_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
 			for {
 				if _, _, err := ws.ReadMessage(); err != nil {
 					return
@@ -190,6 +179,9 @@ func TestControlPingsOfAStormSpread(t *testing.T) {
 	}
 	if hi-lo < pingPeriod/4 {
 		t.Errorf("the first pings of %d connections made together came within %s of each other, want them spread over half a period (%s)", n, hi-lo, pingPeriod/2)
+	}
+	for _, ws := range conns {
+		ws.Close() // ends its reader
 	}
 	wg.Wait()
 }

@@ -136,8 +136,5 @@ func (c *corkConn) between() bool {
 			r.err = err
 			return true
 		}
-		if r.headLen > r.headOff {
-			return true
-		}
 	}
 }
