@@ -41,19 +41,11 @@ func waitParked(t *testing.T, s *Server, n int) {
 	}
 }
 
-// readType reads frames until one of type typ, and fails on anything else
-// but events.
+// readType reads frames until one of type typ (see readUntil).
 func readType(t *testing.T, ws *websocket.Conn, typ string) {
 	t.Helper()
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		_, msg, err := ws.ReadMessage()
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", typ, err)
-		}
-		if strings.Contains(string(msg), `"type":"`+typ+`"`) {
-			return
-		}
+	if _, err := readUntil(ws, typ); err != nil {
+		t.Fatal(err)
 	}
 }
 

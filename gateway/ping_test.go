@@ -104,30 +104,42 @@ func TestPingsSpreadOverTheInterval(t *testing.T) {
 	}
 }
 
-// readPing reads ws until an app-level ping and returns the time the
-// server put in it.
-func readPing(ws *websocket.Conn) (time.Time, error) {
+// readUntil reads ws until a frame of type typ, passing over the others,
+// and returns that frame.
+func readUntil(ws *websocket.Conn, typ string) ([]byte, error) {
 	_ = ws.SetReadDeadline(time.Now().Add(20 * time.Second))
 	for {
 		_, msg, err := ws.ReadMessage()
 		if err != nil {
-			return time.Time{}, fmt.Errorf("wait for a ping: %w", err)
+			return nil, fmt.Errorf("wait for %s: %w", typ, err)
 		}
 		var f struct {
 			Type string `json:"type"`
-			Data struct {
-				Timestamp string `json:"timestamp"`
-			} `json:"data"`
 		}
-		if json.Unmarshal(msg, &f) != nil || f.Type != "ping" {
-			continue
+		if json.Unmarshal(msg, &f) == nil && f.Type == typ {
+			return msg, nil
 		}
-		ts, err := time.Parse(time.RFC3339Nano, f.Data.Timestamp)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("ping timestamp %q: %w", f.Data.Timestamp, err)
-		}
-		return ts, nil
 	}
+}
+
+// readPing reads ws until an app-level ping and returns the time the
+// server put in it.
+func readPing(ws *websocket.Conn) (time.Time, error) {
+	msg, err := readUntil(ws, "ping")
+	if err != nil {
+		return time.Time{}, err
+	}
+	var f struct {
+		Data struct {
+			Timestamp string `json:"timestamp"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(msg, &f)
+	ts, err := time.Parse(time.RFC3339Nano, f.Data.Timestamp)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("ping timestamp %q: %w", f.Data.Timestamp, err)
+	}
+	return ts, nil
 }
 
 // Connections that come together are not pinged together: the first
